@@ -1,0 +1,1 @@
+"""Prefect flows sequencing capture, scoring and publishing (no maths here)."""

@@ -1,0 +1,84 @@
+"""NEX: label-free scoring of LLM reasoning from MLP neurons (pure numpy core).
+
+The method of ``METHOD.md``: novelty per row, a sticky two-state HMM for E/X phases,
+cycles and neuron credit, corpus-wide weights, Good-Mass Fraction and NEX. Every stage
+works on a whole batch of traces at once.
+
+Typical use::
+
+    from nex_transforms import RowCorpus, learn_weights, score_corpus
+    weights = learn_weights(corpus)          # self-calibration
+    result = score_corpus(corpus, weights)   # result.gmf, result.nex, result.log_gap
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .corpus import Aggregates, KeptRows, RowCorpus, concat_corpora, kept_rows
+from .credit import CreditAccumulator, CycleCredit, TraceAnalysis, analyse, cycle_credit
+from .errors import CorpusError, NexError, ParameterError, WeightsError
+from .novelty import Novelty, novelty
+from .params import KEY_SPACE, RESERVED_LAYER, UNIT_BITS, NexParams
+from .scoring import check_weights, good_mass_fraction, log_gap, nex_score
+from .segmentation import Segmentation, robust_z, segment
+
+__all__ = [
+    "Aggregates", "CorpusError", "CreditAccumulator", "CycleCredit", "KEY_SPACE",
+    "KeptRows", "NexError", "NexParams", "Novelty", "ParameterError", "RESERVED_LAYER",
+    "RowCorpus", "ScoreResult", "Segmentation", "TraceAnalysis", "UNIT_BITS",
+    "WeightsError", "accumulate", "analyse", "check_weights", "concat_corpora",
+    "cycle_credit", "good_mass_fraction", "kept_rows", "learn_weights", "log_gap",
+    "nex_score", "novelty", "robust_z", "score_corpus", "segment", "trace_batches",
+]
+
+#: Traces analysed together by default (bounds memory; any split gives the same totals).
+DEFAULT_BATCH_TRACES = 4096
+
+
+def trace_batches(n_traces: int, batch_traces: int = DEFAULT_BATCH_TRACES):
+    """Consecutive ``(start, stop)`` trace ranges of at most ``batch_traces``."""
+    for start in range(0, n_traces, batch_traces):
+        yield start, min(start + batch_traces, n_traces)
+
+
+def accumulate(corpus: RowCorpus, params: NexParams | None = None,
+               batch_traces: int = DEFAULT_BATCH_TRACES) -> CreditAccumulator:
+    """Credit of a whole corpus, analysed in batches of traces."""
+    params = params or NexParams()
+    acc = CreditAccumulator.empty()
+    for start, stop in trace_batches(corpus.n_traces, batch_traces):
+        part = corpus if (start, stop) == (0, corpus.n_traces) else \
+            corpus.select(np.arange(start, stop))
+        acc = acc.add(part, params)
+    return acc
+
+
+def learn_weights(corpus: RowCorpus, params: NexParams | None = None,
+                  batch_traces: int = DEFAULT_BATCH_TRACES) -> np.ndarray:
+    """Neuron weights (float32, 2^22) learned on a corpus."""
+    params = params or NexParams()
+    return accumulate(corpus, params, batch_traces).finalize(params.eps)
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """GMF per trace, NEX and log-gap of a scored corpus."""
+
+    gmf: np.ndarray
+    nex: float
+    log_gap: float
+
+    @property
+    def n_scored(self) -> int:
+        return int(np.isfinite(self.gmf).sum())
+
+
+def score_corpus(corpus: RowCorpus | Aggregates, weights: np.ndarray) -> ScoreResult:
+    """Score every trace of a corpus (its aggregates) with given weights."""
+    aggregates = corpus.aggregate() if isinstance(corpus, RowCorpus) else corpus
+    gmf = good_mass_fraction(aggregates, weights)
+    nex = nex_score(gmf)
+    return ScoreResult(gmf=gmf, nex=nex, log_gap=log_gap(nex))

@@ -1,0 +1,277 @@
+"""Sparse row corpora: the CSR arrays every stage reads, their validation and sanitising.
+
+A corpus holds traces (responses). Trace ``t`` owns rows ``[trace_row_ptr[t],
+trace_row_ptr[t+1])``; row ``i`` owns entries ``[row_entry_ptr[i], row_entry_ptr[i+1])``
+of ``keys``/``masses`` and covers ``row_tokens[i]`` generated tokens. Aggregates hold one
+sparse vector per trace (the whole-response sums used for scoring).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import CorpusError, expected
+from .params import KEY_SPACE, RESERVED_LAYER, UNIT_BITS
+from .segments import ranges
+
+
+def _as_pointer(name: str, values, n_items: int | None = None) -> np.ndarray:
+    ptr = np.asarray(values)
+    if ptr.ndim != 1 or ptr.size < 1:
+        raise CorpusError(expected(name, "a 1-D pointer array with at least one element",
+                                   f"shape {ptr.shape}"))
+    if not np.issubdtype(ptr.dtype, np.integer):
+        raise CorpusError(expected(name, "an integer array", ptr.dtype))
+    ptr = ptr.astype(np.int64, copy=False)
+    if ptr[0] != 0:
+        raise CorpusError(expected(f"{name}[0]", "0", int(ptr[0])))
+    steps = np.diff(ptr)
+    if steps.size and steps.min() < 0:
+        bad = int(np.argmax(steps < 0))
+        raise CorpusError(expected(name, "non-decreasing values",
+                                   f"{int(ptr[bad])} then {int(ptr[bad + 1])} at index {bad}"))
+    if n_items is not None and ptr[-1] != n_items:
+        raise CorpusError(expected(f"{name}[-1]", f"{n_items} (the length it indexes)",
+                                   int(ptr[-1])))
+    return ptr
+
+
+def _check_keys(name: str, keys) -> np.ndarray:
+    keys = np.asarray(keys)
+    if keys.ndim != 1:
+        raise CorpusError(expected(name, "a 1-D array", f"shape {keys.shape}"))
+    if keys.size == 0:
+        return keys.astype(np.uint32)
+    if not np.issubdtype(keys.dtype, np.integer):
+        raise CorpusError(expected(name, "an integer (uint32) array", keys.dtype))
+    if keys.min() < 0 or keys.max() > np.iinfo(np.uint32).max:
+        raise CorpusError(expected(name, "values in the uint32 range", "out-of-range values"))
+    keys = keys.astype(np.uint32, copy=False)
+    live = (keys >> UNIT_BITS) != RESERVED_LAYER
+    over = live & (keys >= KEY_SPACE)
+    if over.any():
+        first = int(keys[np.argmax(over)])
+        raise CorpusError(expected(name, f"keys below 2^22 (layer < 64) or layer {RESERVED_LAYER}",
+                                   f"key {first} (layer {first >> UNIT_BITS})"))
+    return keys
+
+
+def _check_masses(name: str, masses, n: int) -> np.ndarray:
+    masses = np.asarray(masses)
+    if masses.ndim != 1 or masses.size != n:
+        raise CorpusError(expected(name, f"a 1-D array of {n} values", f"shape {masses.shape}"))
+    if masses.size and not np.issubdtype(masses.dtype, np.floating):
+        masses = masses.astype(np.float64)
+    return masses
+
+
+@dataclass(frozen=True)
+class Aggregates:
+    """One sparse vector (keys, masses) per trace: the whole-response aggregate."""
+
+    row_ptr: np.ndarray
+    keys: np.ndarray
+    masses: np.ndarray
+
+    def __post_init__(self) -> None:
+        keys = _check_keys("aggregate keys", self.keys)
+        object.__setattr__(self, "keys", keys)
+        object.__setattr__(self, "row_ptr", _as_pointer("aggregate row_ptr", self.row_ptr,
+                                                        keys.size))
+        object.__setattr__(self, "masses", _check_masses("aggregate masses", self.masses,
+                                                         keys.size))
+
+    @property
+    def n_traces(self) -> int:
+        return self.row_ptr.size - 1
+
+    def select(self, traces: np.ndarray) -> "Aggregates":
+        """The aggregates of the given trace indices, in that order."""
+        traces = np.asarray(traces, dtype=np.int64)
+        starts, stops = self.row_ptr[traces], self.row_ptr[traces + 1]
+        idx = ranges(starts, stops)
+        return Aggregates(np.concatenate([[0], np.cumsum(stops - starts)]),
+                          self.keys[idx], self.masses[idx])
+
+
+@dataclass(frozen=True)
+class RowCorpus:
+    """Sparse per-row neuron masses of a set of traces (CSR over traces and rows).
+
+    ``aggregates`` may be omitted; :meth:`aggregate` then sums the rows per key.
+    """
+
+    trace_row_ptr: np.ndarray
+    row_entry_ptr: np.ndarray
+    row_tokens: np.ndarray
+    keys: np.ndarray
+    masses: np.ndarray
+    aggregates: Aggregates | None = None
+
+    def __post_init__(self) -> None:
+        keys = _check_keys("row keys", self.keys)
+        object.__setattr__(self, "keys", keys)
+        object.__setattr__(self, "masses", _check_masses("row masses", self.masses, keys.size))
+        row_entry_ptr = _as_pointer("row_entry_ptr", self.row_entry_ptr, keys.size)
+        object.__setattr__(self, "row_entry_ptr", row_entry_ptr)
+        n_rows = row_entry_ptr.size - 1
+        object.__setattr__(self, "trace_row_ptr",
+                           _as_pointer("trace_row_ptr", self.trace_row_ptr, n_rows))
+        tokens = np.asarray(self.row_tokens)
+        if tokens.shape != (n_rows,) or not np.issubdtype(tokens.dtype, np.integer):
+            raise CorpusError(expected("row_tokens", f"{n_rows} integer token counts",
+                                       f"{tokens.dtype} array of shape {tokens.shape}"))
+        if tokens.size and tokens.min() < 0:
+            raise CorpusError(expected("row_tokens", "counts >= 0", int(tokens.min())))
+        object.__setattr__(self, "row_tokens", tokens.astype(np.int64, copy=False))
+        if self.aggregates is not None and self.aggregates.n_traces != self.n_traces:
+            raise CorpusError(expected("aggregates", f"{self.n_traces} traces",
+                                       self.aggregates.n_traces))
+
+    @property
+    def n_traces(self) -> int:
+        return self.trace_row_ptr.size - 1
+
+    @property
+    def n_rows(self) -> int:
+        return self.row_entry_ptr.size - 1
+
+    @property
+    def n_entries(self) -> int:
+        return int(self.keys.size)
+
+    def aggregate(self) -> Aggregates:
+        """The whole-response aggregates: stored ones, else the per-key sum of the rows."""
+        if self.aggregates is not None:
+            return self.aggregates
+        entry_row = np.repeat(np.arange(self.n_rows), np.diff(self.row_entry_ptr))
+        row_trace = np.repeat(np.arange(self.n_traces), np.diff(self.trace_row_ptr))
+        trace = row_trace[entry_row]
+        combined = (trace.astype(np.int64) << 32) | self.keys.astype(np.int64)
+        uniq, inverse = np.unique(combined, return_inverse=True)
+        sums = np.bincount(inverse, weights=self.masses.astype(np.float64),
+                           minlength=uniq.size)
+        owner = uniq >> 32
+        ptr = np.searchsorted(owner, np.arange(self.n_traces + 1))
+        return Aggregates(ptr, (uniq & 0xFFFFFFFF).astype(np.uint32), sums.astype(np.float32))
+
+    def select(self, traces) -> "RowCorpus":
+        """A corpus of the given trace indices, in that order (aggregates included)."""
+        traces = np.asarray(traces, dtype=np.int64)
+        row_starts, row_stops = self.trace_row_ptr[traces], self.trace_row_ptr[traces + 1]
+        rows = ranges(row_starts, row_stops)
+        e_starts, e_stops = self.row_entry_ptr[rows], self.row_entry_ptr[rows + 1]
+        entries = ranges(e_starts, e_stops)
+        aggregates = None if self.aggregates is None else self.aggregates.select(traces)
+        return RowCorpus(
+            trace_row_ptr=np.concatenate([[0], np.cumsum(row_stops - row_starts)]),
+            row_entry_ptr=np.concatenate([[0], np.cumsum(e_stops - e_starts)]),
+            row_tokens=self.row_tokens[rows],
+            keys=self.keys[entries],
+            masses=self.masses[entries],
+            aggregates=aggregates,
+        )
+
+
+def concat_corpora(parts: list[RowCorpus]) -> RowCorpus:
+    """Concatenate corpora trace-wise (aggregates kept when every part has them)."""
+    if not parts:
+        raise CorpusError(expected("corpora to concatenate", "at least one", 0))
+
+    def join_ptr(ptrs):
+        out, offset = [np.zeros(1, np.int64)], 0
+        for p in ptrs:
+            out.append(p[1:] + offset)
+            offset += int(p[-1])
+        return np.concatenate(out)
+
+    aggregates = None
+    if all(p.aggregates is not None for p in parts):
+        aggregates = Aggregates(join_ptr([p.aggregates.row_ptr for p in parts]),
+                                np.concatenate([p.aggregates.keys for p in parts]),
+                                np.concatenate([p.aggregates.masses for p in parts]))
+    return RowCorpus(
+        trace_row_ptr=join_ptr([p.trace_row_ptr for p in parts]),
+        row_entry_ptr=join_ptr([p.row_entry_ptr for p in parts]),
+        row_tokens=np.concatenate([p.row_tokens for p in parts]),
+        keys=np.concatenate([p.keys for p in parts]),
+        masses=np.concatenate([p.masses for p in parts]),
+        aggregates=aggregates,
+    )
+
+
+def sanitise_masses(keys: np.ndarray, masses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Drop layer-255 keys, set non-finite masses to 0, clip at 0.
+
+    Returns ``(keep, clean)``: a boolean mask over the entries and the float64 masses.
+    """
+    keep = (keys >> UNIT_BITS) != RESERVED_LAYER
+    clean = masses.astype(np.float64)
+    clean[~np.isfinite(clean)] = 0.0
+    np.maximum(clean, 0.0, out=clean)
+    return keep, clean
+
+
+@dataclass(frozen=True)
+class KeptRows:
+    """The rows NEX analyses, after sanitising (METHOD.md section 2).
+
+    Rows are those of traces with at least ``min_rows`` kept rows, in corpus order.
+
+    Attributes:
+        trace_ptr: over kept rows, per trace of the corpus (empty range = skipped trace).
+        row_index: index of each kept row in the corpus.
+        row_tokens: tokens per kept row.
+        entry_ptr: over the kept entries, per kept row.
+        keys, masses: kept entries (masses float64, sanitised).
+    """
+
+    trace_ptr: np.ndarray
+    row_index: np.ndarray
+    row_tokens: np.ndarray
+    entry_ptr: np.ndarray
+    keys: np.ndarray
+    masses: np.ndarray
+
+    @property
+    def n_rows(self) -> int:
+        return self.row_index.size
+
+    def row_trace(self) -> np.ndarray:
+        return np.repeat(np.arange(self.trace_ptr.size - 1), np.diff(self.trace_ptr))
+
+    def entry_row(self) -> np.ndarray:
+        return np.repeat(np.arange(self.n_rows), np.diff(self.entry_ptr))
+
+
+def kept_rows(corpus: RowCorpus, min_rows: int) -> KeptRows:
+    """Sanitise a corpus and keep the rows and traces NEX analyses.
+
+    A row is skipped when it has no keys, zero total mass or no tokens (after dropping
+    layer-255 keys and cleaning masses); a trace with fewer than ``min_rows`` kept rows is
+    skipped entirely.
+    """
+    n_rows = corpus.n_rows
+    entry_row = np.repeat(np.arange(n_rows), np.diff(corpus.row_entry_ptr))
+    live, clean = sanitise_masses(corpus.keys, corpus.masses)
+    n_keys = np.bincount(entry_row[live], minlength=n_rows)
+    total = np.bincount(entry_row[live], weights=clean[live], minlength=n_rows)
+    row_ok = (n_keys > 0) & (total > 0) & (corpus.row_tokens > 0)
+    row_trace = np.repeat(np.arange(corpus.n_traces), np.diff(corpus.trace_row_ptr))
+    per_trace = np.bincount(row_trace[row_ok], minlength=corpus.n_traces)
+    trace_ok = per_trace >= min_rows
+    row_ok &= trace_ok[row_trace]
+    row_index = np.flatnonzero(row_ok)
+    entry_ok = live & row_ok[entry_row]
+    counts = np.bincount(row_trace[row_index], minlength=corpus.n_traces)
+    entry_counts = np.bincount(entry_row[entry_ok], minlength=n_rows)[row_index]
+    return KeptRows(
+        trace_ptr=np.concatenate([[0], np.cumsum(counts)]),
+        row_index=row_index,
+        row_tokens=corpus.row_tokens[row_index],
+        entry_ptr=np.concatenate([[0], np.cumsum(entry_counts)]),
+        keys=corpus.keys[entry_ok],
+        masses=clean[entry_ok],
+    )

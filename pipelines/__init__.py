@@ -1,0 +1,1 @@
+"""Everything that touches data or engines: stores, capture, tables, engine adapters, CLI."""
