@@ -11,6 +11,8 @@ from nex_transforms import NexError
 #: Subcommand groups, in help order. Each module has ``register(subparsers)``.
 COMMAND_MODULES = [
     "pipelines.commands.rows_cache",
+    "pipelines.commands.store",
+    "pipelines.commands.capture",
 ]
 
 

@@ -1,0 +1,5 @@
+"""``nex store``: being written (see issue 3)."""
+
+
+def register(subparsers) -> None:
+    """Registers no subcommand yet."""
