@@ -1,0 +1,141 @@
+"""The activation store's on-disk schema (version :data:`SCHEMA_VERSION`): names, dtypes, codecs.
+
+Layout of a store directory (see ``docs/STORE.md``)::
+
+    zarr.json                     root group; attributes: schema_version, metadata, packages
+    parts/zarr.json               group of the parts
+    parts/<part>/zarr.json        one part's group; attributes: counts, checksums, extras
+    parts/<part>/<array>/...      sharded, chunked 1-D arrays (PART_ARRAYS, token stats)
+    manifests/<part>.parquet      the part's manifest, written last: its completion marker
+    manifest.parquet              consolidated manifest (written by ``finalize``)
+    .staging/                     parts being written (never read)
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from nex_transforms.errors import NexError, expected
+
+from ..records import TOKEN_STAT_NAMES
+
+#: Version of the layout below; bumped on any incompatible change.
+SCHEMA_VERSION = 1
+
+#: Marker attribute naming the kind of zarr hierarchy.
+STORE_KIND = "nex-activation-store"
+
+PART_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+
+PARTS_DIR = "parts"
+MANIFESTS_DIR = "manifests"
+STAGING_DIR = ".staging"
+CONSOLIDATED_MANIFEST = "manifest.parquet"
+
+#: Storage dtypes allowed for row and aggregate masses (chosen at creation).
+MASS_DTYPES = ("float16", "float32")
+DEFAULT_STORAGE = {"mass_dtype": "float16", "aggregate_dtype": "float16"}
+
+#: Elements per chunk, and chunks per shard, of every 1-D array.
+CHUNK_ELEMENTS = 1 << 16
+CHUNKS_PER_SHARD = 16
+
+#: Arrays of a part: name -> (dtype or storage key, what its length counts).
+PART_ARRAYS = {
+    "trace_row_ptr": ("int64", "traces+1"),   # trace t owns rows [p[t], p[t+1])
+    "row_entry_ptr": ("int64", "rows+1"),     # row i owns entries [p[i], p[i+1])
+    "row_tokens": ("int32", "rows"),          # generated tokens covered by row i
+    "keys": ("uint32", "entries"),            # (layer << 16) | unit
+    "masses": ("mass_dtype", "entries"),
+    "agg_ptr": ("int64", "traces+1"),         # trace t owns aggregate entries [p[t], p[t+1])
+    "agg_keys": ("uint32", "aggregate_entries"),
+    "agg_masses": ("aggregate_dtype", "aggregate_entries"),
+    "token_ptr": ("int64", "traces+1"),       # trace t owns tokens [p[t], p[t+1])
+    "token_ids": ("int32", "tokens"),
+}
+#: Per-token statistics arrays (float32, ``tokens`` long); present when any trace has them.
+TOKEN_STAT_DTYPE = "float32"
+TOKEN_STATS = TOKEN_STAT_NAMES
+
+#: Manifest columns, in order (see :func:`manifest_schema`).
+MANIFEST_COLUMNS = (
+    "trace_id", "prompt_id", "sample_index", "model_id", "model_revision", "part",
+    "trace_index", "row_start", "row_stop", "entry_start", "entry_stop", "agg_start",
+    "agg_stop", "token_start", "token_stop", "prompt_tokens", "response_tokens", "n_rows",
+    "n_entries", "finish_reason", "text", "reference_answer", "token_stats", "status",
+)
+STATUS_COMPLETE = "complete"
+
+#: Parquet options of manifests (footer statistics and the embedded arrow schema cost
+#: kilobytes per part; readers cast to :func:`manifest_schema`).
+PARQUET_OPTIONS = {"compression": "zstd", "write_statistics": False, "store_schema": False}
+
+
+class StoreError(NexError):
+    """An activation store is missing, inconsistent, or used against its schema."""
+
+
+def check_part_name(part: object) -> str:
+    """Validate a part name (``[A-Za-z0-9._-]+``, not starting with a dot)."""
+    if not isinstance(part, str) or not PART_NAME.match(part) or part.startswith("."):
+        raise StoreError(expected("part name", "letters, digits, '.', '_' or '-' "
+                                  "(not starting with '.')", repr(part)))
+    return part
+
+
+def check_storage(storage: object) -> dict:
+    """Validate storage options (mass dtypes); returns them with defaults filled in."""
+    if storage is None:
+        return dict(DEFAULT_STORAGE)
+    if not isinstance(storage, dict):
+        raise StoreError(expected("metadata['storage']", "a dict", type(storage).__name__))
+    unknown = sorted(set(storage) - set(DEFAULT_STORAGE))
+    if unknown:
+        raise StoreError(expected("metadata['storage']", f"keys {sorted(DEFAULT_STORAGE)}",
+                                  unknown))
+    out = dict(DEFAULT_STORAGE, **storage)
+    for key in DEFAULT_STORAGE:
+        if out[key] not in MASS_DTYPES:
+            raise StoreError(expected(f"metadata['storage'][{key!r}]", f"one of {MASS_DTYPES}",
+                                      out[key]))
+    return out
+
+
+def array_dtype(name: str, storage: dict) -> np.dtype:
+    """The storage dtype of a part array (token stats included)."""
+    if name in TOKEN_STATS:
+        return np.dtype(TOKEN_STAT_DTYPE)
+    spec = PART_ARRAYS[name][0]
+    return np.dtype(storage.get(spec, spec))
+
+
+def chunking(n: int) -> tuple[int, int]:
+    """(chunk, shard) lengths of a 1-D array of ``n`` elements (shard a multiple of chunk)."""
+    chunk = max(1, min(CHUNK_ELEMENTS, n))
+    n_chunks = -(-max(n, 1) // chunk)
+    return chunk, chunk * min(CHUNKS_PER_SHARD, n_chunks)
+
+
+def compressor():
+    """Blosc (zstd, byte shuffle): beats raw keys/float16 masses and compresses pointers."""
+    from zarr.codecs import BloscCodec
+
+    return BloscCodec(cname="zstd", clevel=5, shuffle="shuffle")
+
+
+def manifest_schema():
+    """The pyarrow schema of a manifest (per part and consolidated)."""
+    import pyarrow as pa
+
+    int64 = pa.int64()
+    types = {
+        "trace_id": pa.string(), "prompt_id": pa.string(), "sample_index": int64,
+        "model_id": pa.string(), "model_revision": pa.string(), "part": pa.string(),
+        "finish_reason": pa.string(), "text": pa.string(), "reference_answer": pa.string(),
+        "token_stats": pa.list_(pa.string()), "status": pa.string(),
+    }
+    return pa.schema([pa.field(name, types.get(name, int64),
+                               nullable=name == "reference_answer")
+                      for name in MANIFEST_COLUMNS])
