@@ -20,47 +20,60 @@ import numpy as np
 from .corpus import Aggregates, KeptRows, RowCorpus, concat_corpora, kept_rows
 from .credit import CreditAccumulator, CycleCredit, TraceAnalysis, analyse, cycle_credit
 from .errors import CorpusError, NexError, ParameterError, WeightsError
-from .novelty import Novelty, novelty
+from .novelty import KeyIndex, Novelty, novelty
 from .params import KEY_SPACE, RESERVED_LAYER, UNIT_BITS, NexParams
 from .scoring import check_weights, good_mass_fraction, log_gap, nex_score
 from .segmentation import Segmentation, robust_z, segment
 
 __all__ = [
     "Aggregates", "CorpusError", "CreditAccumulator", "CycleCredit", "KEY_SPACE",
-    "KeptRows", "NexError", "NexParams", "Novelty", "ParameterError", "RESERVED_LAYER",
+    "KeptRows", "KeyIndex", "NexError", "NexParams", "Novelty", "ParameterError", "RESERVED_LAYER",
     "RowCorpus", "ScoreResult", "Segmentation", "TraceAnalysis", "UNIT_BITS",
     "WeightsError", "accumulate", "analyse", "check_weights", "concat_corpora",
     "cycle_credit", "good_mass_fraction", "kept_rows", "learn_weights", "log_gap",
     "nex_score", "novelty", "robust_z", "score_corpus", "segment", "trace_batches",
 ]
 
-#: Traces analysed together by default (bounds memory; any split gives the same totals).
-DEFAULT_BATCH_TRACES = 4096
+#: Entries analysed together by default: bounds memory and keeps every temporary array
+#: small enough to be recycled by the allocator (any split gives the same totals).
+DEFAULT_BATCH_ENTRIES = 1 << 20
 
 
-def trace_batches(n_traces: int, batch_traces: int = DEFAULT_BATCH_TRACES):
-    """Consecutive ``(start, stop)`` trace ranges of at most ``batch_traces``."""
-    for start in range(0, n_traces, batch_traces):
-        yield start, min(start + batch_traces, n_traces)
+def trace_batches(corpus: RowCorpus, batch_entries: int = DEFAULT_BATCH_ENTRIES):
+    """Consecutive ``(start, stop)`` trace ranges holding about ``batch_entries`` entries.
+
+    A batch always holds at least one trace.
+    """
+    trace_entries = corpus.row_entry_ptr[corpus.trace_row_ptr]
+    start = 0
+    while start < corpus.n_traces:
+        limit = trace_entries[start] + batch_entries
+        stop = int(np.searchsorted(trace_entries, limit, side="right")) - 1
+        stop = min(max(stop, start + 1), corpus.n_traces)
+        yield start, stop
+        start = stop
 
 
 def accumulate(corpus: RowCorpus, params: NexParams | None = None,
-               batch_traces: int = DEFAULT_BATCH_TRACES) -> CreditAccumulator:
+               batch_entries: int = DEFAULT_BATCH_ENTRIES) -> CreditAccumulator:
     """Credit of a whole corpus, analysed in batches of traces."""
     params = params or NexParams()
-    acc = CreditAccumulator.empty()
-    for start, stop in trace_batches(corpus.n_traces, batch_traces):
-        part = corpus if (start, stop) == (0, corpus.n_traces) else \
-            corpus.select(np.arange(start, stop))
-        acc = acc.add(part, params)
-    return acc
+    keys = corpus.keys
+    if keys.size and keys.max() >= KEY_SPACE:
+        keys = keys[keys < KEY_SPACE]
+    key_index = KeyIndex.build(keys)
+    parts = []
+    for start, stop in trace_batches(corpus, batch_entries):
+        part = corpus.slice_traces(start, stop)
+        parts.append(CreditAccumulator.empty().add(part, params, key_index))
+    return CreditAccumulator.merge_all(parts)
 
 
 def learn_weights(corpus: RowCorpus, params: NexParams | None = None,
-                  batch_traces: int = DEFAULT_BATCH_TRACES) -> np.ndarray:
+                  batch_entries: int = DEFAULT_BATCH_ENTRIES) -> np.ndarray:
     """Neuron weights (float32, 2^22) learned on a corpus."""
     params = params or NexParams()
-    return accumulate(corpus, params, batch_traces).finalize(params.eps)
+    return accumulate(corpus, params, batch_entries).finalize(params.eps)
 
 
 @dataclass(frozen=True)

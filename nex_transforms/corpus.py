@@ -46,9 +46,11 @@ def _check_keys(name: str, keys) -> np.ndarray:
         return keys.astype(np.uint32)
     if not np.issubdtype(keys.dtype, np.integer):
         raise CorpusError(expected(name, "an integer (uint32) array", keys.dtype))
-    if keys.min() < 0 or keys.max() > np.iinfo(np.uint32).max:
+    if keys.dtype != np.uint32 and (keys.min() < 0 or keys.max() > np.iinfo(np.uint32).max):
         raise CorpusError(expected(name, "values in the uint32 range", "out-of-range values"))
     keys = keys.astype(np.uint32, copy=False)
+    if keys.max() < KEY_SPACE:  # the common case: one pass
+        return keys
     live = (keys >> UNIT_BITS) != RESERVED_LAYER
     over = live & (keys >= KEY_SPACE)
     if over.any():
@@ -157,6 +159,20 @@ class RowCorpus:
         ptr = np.searchsorted(owner, np.arange(self.n_traces + 1))
         return Aggregates(ptr, (uniq & 0xFFFFFFFF).astype(np.uint32), sums.astype(np.float32))
 
+    def slice_traces(self, start: int, stop: int) -> "RowCorpus":
+        """Traces ``[start, stop)`` as a corpus of views (no copy of the entry arrays)."""
+        r0, r1 = int(self.trace_row_ptr[start]), int(self.trace_row_ptr[stop])
+        e0, e1 = int(self.row_entry_ptr[r0]), int(self.row_entry_ptr[r1])
+        aggregates = None
+        if self.aggregates is not None:
+            agg = self.aggregates
+            a0, a1 = int(agg.row_ptr[start]), int(agg.row_ptr[stop])
+            aggregates = Aggregates(agg.row_ptr[start:stop + 1] - a0, agg.keys[a0:a1],
+                                    agg.masses[a0:a1])
+        return RowCorpus(self.trace_row_ptr[start:stop + 1] - r0,
+                         self.row_entry_ptr[r0:r1 + 1] - e0, self.row_tokens[r0:r1],
+                         self.keys[e0:e1], self.masses[e0:e1], aggregates)
+
     def select(self, traces) -> "RowCorpus":
         """A corpus of the given trace indices, in that order (aggregates included)."""
         traces = np.asarray(traces, dtype=np.int64)
@@ -202,16 +218,30 @@ def concat_corpora(parts: list[RowCorpus]) -> RowCorpus:
     )
 
 
-def sanitise_masses(keys: np.ndarray, masses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def sanitise_masses(keys: np.ndarray, masses: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
     """Drop layer-255 keys, set non-finite masses to 0, clip at 0.
 
-    Returns ``(keep, clean)``: a boolean mask over the entries and the float64 masses.
+    Returns ``(keep, clean)``: a boolean mask over the entries (None when every entry is
+    kept) and the float64 masses.
     """
-    keep = (keys >> UNIT_BITS) != RESERVED_LAYER
+    keep = None
+    if keys.size and keys.max() >= KEY_SPACE:  # only layer-255 keys can be this large
+        keep = (keys >> UNIT_BITS) != RESERVED_LAYER
     clean = masses.astype(np.float64)
-    clean[~np.isfinite(clean)] = 0.0
-    np.maximum(clean, 0.0, out=clean)
+    if clean.size and not (np.isfinite(clean).all() and clean.min() >= 0):
+        clean[~np.isfinite(clean)] = 0.0
+        np.maximum(clean, 0.0, out=clean)
     return keep, clean
+
+
+def segment_sums(values: np.ndarray, ptr: np.ndarray) -> np.ndarray:
+    """Sum of ``values[ptr[i]:ptr[i+1]]`` for every segment (0 for empty ones)."""
+    counts = np.diff(ptr)
+    out = np.zeros(counts.size)
+    nonempty = counts > 0
+    if values.size and nonempty.any():
+        out[nonempty] = np.add.reduceat(values, ptr[:-1][nonempty])
+    return out
 
 
 @dataclass(frozen=True)
@@ -226,6 +256,7 @@ class KeptRows:
         row_tokens: tokens per kept row.
         entry_ptr: over the kept entries, per kept row.
         keys, masses: kept entries (masses float64, sanitised).
+        row_mass: total mass of each kept row.
     """
 
     trace_ptr: np.ndarray
@@ -234,6 +265,7 @@ class KeptRows:
     entry_ptr: np.ndarray
     keys: np.ndarray
     masses: np.ndarray
+    row_mass: np.ndarray
 
     @property
     def n_rows(self) -> int:
@@ -246,32 +278,68 @@ class KeptRows:
         return np.repeat(np.arange(self.n_rows), np.diff(self.entry_ptr))
 
 
+def rows_sorted_unique(keys: np.ndarray, entry_ptr: np.ndarray) -> bool:
+    """Whether the keys of every row are strictly ascending (so unique within the row)."""
+    if keys.size < 2:
+        return True
+    ascending = keys[1:] > keys[:-1]
+    starts = entry_ptr[1:-1]
+    ascending[starts[(starts > 0) & (starts < keys.size)] - 1] = True  # row boundaries
+    return bool(ascending.all())
+
+
+def sort_unique_rows(keys: np.ndarray, masses: np.ndarray, entry_ptr: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sort each row's keys and merge repeated keys of a row (masses add up)."""
+    n_rows = entry_ptr.size - 1
+    entry_row = np.repeat(np.arange(n_rows), np.diff(entry_ptr))
+    order = np.lexsort((keys, entry_row))
+    keys, masses, entry_row = keys[order], masses[order], entry_row[order]
+    first = np.ones(keys.size, dtype=bool)
+    first[1:] = (keys[1:] != keys[:-1]) | (entry_row[1:] != entry_row[:-1])
+    starts = np.flatnonzero(first)
+    merged = np.add.reduceat(masses, starts) if starts.size else masses[:0]
+    counts = np.bincount(entry_row[starts], minlength=n_rows)
+    return keys[starts], merged, np.concatenate([[0], np.cumsum(counts)])
+
+
 def kept_rows(corpus: RowCorpus, min_rows: int) -> KeptRows:
     """Sanitise a corpus and keep the rows and traces NEX analyses.
 
     A row is skipped when it has no keys, zero total mass or no tokens (after dropping
     layer-255 keys and cleaning masses); a trace with fewer than ``min_rows`` kept rows is
-    skipped entirely.
+    skipped entirely. Keys come out strictly ascending within each row (rows that are not
+    are sorted, and a key repeated inside a row has its masses added).
     """
     n_rows = corpus.n_rows
-    entry_row = np.repeat(np.arange(n_rows), np.diff(corpus.row_entry_ptr))
     live, clean = sanitise_masses(corpus.keys, corpus.masses)
-    n_keys = np.bincount(entry_row[live], minlength=n_rows)
-    total = np.bincount(entry_row[live], weights=clean[live], minlength=n_rows)
+    entry_ptr = corpus.row_entry_ptr
+    keys = corpus.keys
+    if live is not None:
+        entry_row = np.repeat(np.arange(n_rows), np.diff(entry_ptr))
+        keys, clean = keys[live], clean[live]
+        entry_ptr = np.concatenate([[0], np.cumsum(np.bincount(entry_row[live],
+                                                               minlength=n_rows))])
+    if not rows_sorted_unique(keys, entry_ptr):
+        keys, clean, entry_ptr = sort_unique_rows(keys, clean, entry_ptr)
+    n_keys = np.diff(entry_ptr)
+    total = segment_sums(clean, entry_ptr)
     row_ok = (n_keys > 0) & (total > 0) & (corpus.row_tokens > 0)
     row_trace = np.repeat(np.arange(corpus.n_traces), np.diff(corpus.trace_row_ptr))
     per_trace = np.bincount(row_trace[row_ok], minlength=corpus.n_traces)
-    trace_ok = per_trace >= min_rows
-    row_ok &= trace_ok[row_trace]
+    row_ok &= (per_trace >= min_rows)[row_trace]
+    if row_ok.all():
+        return KeptRows(corpus.trace_row_ptr, np.arange(n_rows), corpus.row_tokens,
+                        entry_ptr, keys, clean, total)
     row_index = np.flatnonzero(row_ok)
-    entry_ok = live & row_ok[entry_row]
     counts = np.bincount(row_trace[row_index], minlength=corpus.n_traces)
-    entry_counts = np.bincount(entry_row[entry_ok], minlength=n_rows)[row_index]
+    entries = ranges(entry_ptr[row_index], entry_ptr[row_index + 1])
     return KeptRows(
         trace_ptr=np.concatenate([[0], np.cumsum(counts)]),
         row_index=row_index,
         row_tokens=corpus.row_tokens[row_index],
-        entry_ptr=np.concatenate([[0], np.cumsum(entry_counts)]),
-        keys=corpus.keys[entry_ok],
-        masses=clean[entry_ok],
+        entry_ptr=np.concatenate([[0], np.cumsum(n_keys[row_index])]),
+        keys=keys[entries],
+        masses=clean[entries],
+        row_mass=total[row_index],
     )

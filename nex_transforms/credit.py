@@ -8,10 +8,11 @@ import numpy as np
 
 from .corpus import KeptRows, RowCorpus, kept_rows
 from .errors import CorpusError, expected
-from .novelty import Novelty, novelty
+from .novelty import KeyIndex, Novelty, novelty
 from .params import KEY_SPACE, NexParams
 from .segmentation import Segmentation, segment
-from .segments import grouped_median, run_starts
+from .corpus import segment_sums
+from .segments import grouped_median, ranges, run_starts
 
 
 @dataclass(frozen=True)
@@ -75,14 +76,17 @@ def cycle_credit(rows: KeptRows, nov: Novelty, seg: Segmentation, params: NexPar
                              minlength=n_cycles)
     valid = (strength > 0) & (introduced > 0)
 
-    entry_row = rows.entry_row()
-    entry_cycle = row_cycle[entry_row]
-    in_x = (entry_cycle >= 0) & ~explore[entry_row]
-    total_x = np.bincount(entry_cycle[in_x], weights=rows.masses[in_x], minlength=n_cycles)
-    first = nov.first_row
-    from_cycle = (row_cycle[first] == entry_cycle) & explore[first]
-    reused = in_x & from_cycle
-    reuse = np.bincount(entry_cycle[reused], weights=rows.masses[reused], minlength=n_cycles)
+    # Reuse: mass in a cycle's X rows on keys first seen in that cycle's E rows. All
+    # per-entry work is gathers from row-sized arrays and sequential segment sums.
+    x_rows = ~explore & (row_cycle >= 0)
+    row_e_cycle = np.where(explore, row_cycle, -1).astype(np.int32)
+    row_x_cycle = np.where(x_rows, row_cycle, -2).astype(np.int32)
+    entry_row = nov.entry_row
+    reused = row_e_cycle[nov.first_row] == row_x_cycle[entry_row]
+    row_reuse = segment_sums(rows.masses * reused, rows.entry_ptr)
+    row_mass = rows.row_mass
+    total_x = np.bincount(row_cycle[x_rows], weights=row_mass[x_rows], minlength=n_cycles)
+    reuse = np.bincount(row_cycle[x_rows], weights=row_reuse[x_rows], minlength=n_cycles)
     u = reuse / (total_x + params.reuse_eps)
     u_group = np.where(valid & np.isfinite(u), cycle_trace, -1)
     u_tilde = grouped_median(u, u_group, n_traces)
@@ -92,13 +96,20 @@ def cycle_credit(rows: KeptRows, nov: Novelty, seg: Segmentation, params: NexPar
     redundant = credited & ~effective
     scale = np.where(effective, progress * kappa, np.abs(progress))
 
-    give = nov.is_new & explore[entry_row] & (entry_cycle >= 0)
-    give[give] = credited[entry_cycle[give]]
-    amounts = rows.masses[give] * scale[entry_cycle[give]]
-    is_eff = effective[entry_cycle[give]]
-    keys, inverse = np.unique(rows.keys[give], return_inverse=True)
-    eff = np.bincount(inverse, weights=np.where(is_eff, amounts, 0.0), minlength=keys.size)
-    red = np.bincount(inverse, weights=np.where(is_eff, 0.0, amounts), minlength=keys.size)
+    # Credit: new keys of the E rows of credited cycles, mass times the cycle's scale.
+    give_row = e_rows & credited[np.maximum(row_cycle, 0)]
+    entries = np.flatnonzero(nov.is_new & give_row[entry_row])
+    cycle_of_entry = row_cycle[entry_row[entries]]
+    amounts = rows.masses[entries] * scale[cycle_of_entry]
+    is_eff = effective[cycle_of_entry]
+    key_id = nov.key_id[entries]
+    n_keys = nov.key_values.size
+    eff = np.bincount(key_id[is_eff], weights=amounts[is_eff], minlength=n_keys)
+    red = np.bincount(key_id[~is_eff], weights=amounts[~is_eff], minlength=n_keys)
+    touched = np.zeros(n_keys, dtype=bool)
+    touched[key_id] = True
+    keys = nov.key_values[touched]
+    eff, red = eff[touched], red[touched]
     return CycleCredit(
         keys=keys.astype(np.uint32),
         effective=eff,
@@ -130,11 +141,16 @@ class TraceAnalysis:
         return "".join("E" if e else "x" for e in self.segmentation.explore[a:b])
 
 
-def analyse(corpus: RowCorpus, params: NexParams | None = None) -> TraceAnalysis:
-    """Run novelty, segmentation and credit over every trace of a corpus, batched."""
+def analyse(corpus: RowCorpus, params: NexParams | None = None,
+            key_index: KeyIndex | None = None) -> TraceAnalysis:
+    """Run novelty, segmentation and credit over every trace of a corpus, batched.
+
+    ``key_index`` may be given when many batches of one corpus are analysed (it must
+    cover every key of ``corpus`` below 2^22).
+    """
     params = params or NexParams()
     rows = kept_rows(corpus, params.min_rows)
-    nov = novelty(rows)
+    nov = novelty(rows, key_index)
     seg = segment(nov.slopes, rows.trace_ptr, params)
     return TraceAnalysis(rows, nov, seg, cycle_credit(rows, nov, seg, params))
 
@@ -190,9 +206,10 @@ class CreditAccumulator:
             n_redundant=self.n_redundant + int(c.trace_redundant.sum()),
         )
 
-    def add(self, corpus: RowCorpus, params: NexParams | None = None) -> "CreditAccumulator":
+    def add(self, corpus: RowCorpus, params: NexParams | None = None,
+            key_index: KeyIndex | None = None) -> "CreditAccumulator":
         """Analyse a batch of traces and add its credit."""
-        return self.add_analysis(analyse(corpus, params))
+        return self.add_analysis(analyse(corpus, params, key_index))
 
     def merge(self, other: "CreditAccumulator") -> "CreditAccumulator":
         """Sum of two accumulators."""

@@ -9,6 +9,9 @@ import numpy as np
 from .corpus import KeptRows
 from .params import KEY_SPACE
 
+#: Cells of the (trace, key) first-entry table filled at once (int32: 1 MiB fits in cache).
+TABLE_CELLS = 1 << 18
+
 
 @dataclass(frozen=True)
 class Novelty:
@@ -19,39 +22,103 @@ class Novelty:
         slopes: novelty slope ``s_r = |N_r| / tokens(r)`` per kept row.
         first_row: per entry, the kept-row index where its key first appeared in the trace.
         is_new: per entry, whether this entry is in its key's first row (``key in N_r``).
+        entry_row: per entry, its kept-row index.
+        key_id: per entry, a dense renumbering of its key; ``key_values[key_id] == key``.
+        key_values: the distinct keys, ascending.
     """
 
     new_counts: np.ndarray
     slopes: np.ndarray
     first_row: np.ndarray
     is_new: np.ndarray
+    entry_row: np.ndarray
+    key_id: np.ndarray
+    key_values: np.ndarray
 
 
-def novelty(rows: KeptRows) -> Novelty:
+@dataclass(frozen=True)
+class KeyIndex:
+    """A dense renumbering of a set of neuron keys.
+
+    Attributes:
+        values: the distinct keys, ascending (uint32).
+        lookup: int32 over the 2^22 key space; ``lookup[values[i]] == i`` (other cells
+            are undefined).
+    """
+
+    values: np.ndarray
+    lookup: np.ndarray
+
+    @classmethod
+    def build(cls, keys: np.ndarray) -> "KeyIndex":
+        """Index of the distinct keys in ``keys`` (all below 2^22)."""
+        present = np.zeros(KEY_SPACE, dtype=bool)
+        present[keys] = True
+        values = np.flatnonzero(present)
+        lookup = np.empty(KEY_SPACE, np.int32)
+        lookup[values] = np.arange(values.size, dtype=np.int32)
+        return cls(values.astype(np.uint32), lookup)
+
+    @property
+    def size(self) -> int:
+        return int(self.values.size)
+
+    def ids(self, keys: np.ndarray) -> np.ndarray:
+        """Dense ids of keys that are in the index."""
+        return self.lookup[keys]
+
+
+def first_rows(key_id: np.ndarray, n_keys: int, entry_row: np.ndarray,
+               entry_ptr: np.ndarray, trace_ptr: np.ndarray) -> np.ndarray:
+    """For every entry, the first row of its trace in which its key appears.
+
+    With keys renumbered densely (``key_id`` in ``[0, n_keys)``), a ``(trace, key)`` table
+    is filled by one scatter in reverse entry order (entries are in row order, and NumPy
+    assigns repeated indices in order, so the earliest row is written last) and read
+    back by one gather. Traces are taken in groups so the table stays within
+    :data:`TABLE_CELLS` cells (cache-resident).
+    """
+    n = key_id.size
+    trace_entries = entry_ptr[trace_ptr]
+    counts = np.diff(trace_entries)
+    n_traces = counts.size
+    per_group = max(1, TABLE_CELLS // max(n_keys, 1))
+    table = np.empty(min(per_group, n_traces) * n_keys, np.int32)
+    # a group's cells fit int32: at most max(TABLE_CELLS, n_keys) of them
+    offsets = np.arange(per_group, dtype=np.int32) * np.int32(n_keys)
+    reversed_rows = entry_row[::-1].astype(np.int32)
+    out = np.empty(n, np.int64)
+    for first in range(0, n_traces, per_group):
+        last = min(first + per_group, n_traces)
+        a, b = int(trace_entries[first]), int(trace_entries[last])
+        if a == b:
+            continue
+        cell = np.repeat(offsets[:last - first], counts[first:last])
+        cell += key_id[a:b]
+        table[cell[::-1]] = reversed_rows[n - b:n - a]
+        out[a:b] = table[cell]
+    return out
+
+
+def novelty(rows: KeptRows, key_index: KeyIndex | None = None) -> Novelty:
     """Compute novelty for every kept row of every trace at once.
 
     Keys are "seen" per response, with no window: every key present in an earlier kept row
-    of the same trace is not new. Uses one stable sort of ``(trace, key)`` over the
-    concatenated entries (entries are in row order, so the first of each group is the
-    first occurrence).
+    of the same trace is not new. ``key_index`` (covering every key of ``rows``) may be
+    shared across batches to save rebuilding it.
     """
     entry_row = rows.entry_row()
-    row_trace = rows.row_trace()
     n_rows = rows.n_rows
     if rows.keys.size == 0:
         empty = np.zeros(0, np.int64)
-        return Novelty(np.zeros(n_rows, np.int64), np.zeros(n_rows), empty,
-                       np.zeros(0, bool))
-    combined = row_trace[entry_row].astype(np.int64) * KEY_SPACE + rows.keys.astype(np.int64)
-    order = np.argsort(combined, kind="stable")
-    sorted_combined = combined[order]
-    group_start = np.ones(order.size, dtype=bool)
-    group_start[1:] = sorted_combined[1:] != sorted_combined[:-1]
-    group = np.cumsum(group_start) - 1
-    first_row_of_group = entry_row[order[group_start]]
-    first_row = np.empty(order.size, np.int64)
-    first_row[order] = first_row_of_group[group]
-    is_new = first_row == entry_row
-    new_counts = np.bincount(entry_row[order[group_start]], minlength=n_rows)
+        return Novelty(np.zeros(n_rows, np.int64), np.zeros(n_rows), empty, np.zeros(0, bool),
+                       entry_row, empty, np.zeros(0, np.uint32))
+    if key_index is None:
+        key_index = KeyIndex.build(rows.keys)
+    key_id, key_values = key_index.ids(rows.keys), key_index.values
+    # keys are unique within a kept row, so each new entry is one new key
+    first = first_rows(key_id, key_values.size, entry_row, rows.entry_ptr, rows.trace_ptr)
+    is_new = first == entry_row
+    new_counts = np.add.reduceat(is_new, rows.entry_ptr[:-1], dtype=np.int64)
     slopes = new_counts / rows.row_tokens
-    return Novelty(new_counts, slopes, first_row, is_new)
+    return Novelty(new_counts, slopes, first, is_new, entry_row, key_id, key_values)

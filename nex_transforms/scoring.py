@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .corpus import Aggregates, sanitise_masses
+from .corpus import Aggregates, sanitise_masses, segment_sums
 from .errors import WeightsError, expected
 from .params import KEY_SPACE
 
@@ -17,7 +17,8 @@ def check_weights(weights) -> np.ndarray:
                                     f"shape {weights.shape}"))
     if not np.issubdtype(weights.dtype, np.floating):
         raise WeightsError(expected("weights", "a float array", weights.dtype))
-    if not np.all(np.isfinite(weights)) or np.abs(weights).max() > 1.0:
+    # one pass each, no temporaries; NaN fails both comparisons
+    if not (weights.min() >= -1.0 and weights.max() <= 1.0):
         raise WeightsError(expected("weights", "finite values in [-1, 1]",
                                     "non-finite or out-of-range values"))
     return weights
@@ -30,14 +31,17 @@ def good_mass_fraction(aggregates: Aggregates, weights: np.ndarray) -> np.ndarra
     keys).
     """
     weights = check_weights(weights)
-    n = aggregates.n_traces
-    owner = np.repeat(np.arange(n), np.diff(aggregates.row_ptr))
     keep, masses = sanitise_masses(aggregates.keys, aggregates.masses)
-    owner, masses = owner[keep], masses[keep]
-    w = weights[aggregates.keys[keep]].astype(np.float64)
-    good = np.bincount(owner, weights=masses * np.maximum(w, 0.0), minlength=n)
-    total = np.bincount(owner, weights=masses * np.abs(w), minlength=n)
-    n_keys = np.bincount(owner, minlength=n)
+    keys, ptr = aggregates.keys, aggregates.row_ptr
+    if keep is not None:
+        owner = np.repeat(np.arange(aggregates.n_traces), np.diff(ptr))
+        masses, keys = masses[keep], keys[keep]
+        ptr = np.concatenate([[0], np.cumsum(np.bincount(owner[keep],
+                                                         minlength=aggregates.n_traces))])
+    w = weights[keys].astype(np.float64)
+    good = segment_sums(masses * np.maximum(w, 0.0), ptr)
+    total = segment_sums(masses * np.abs(w), ptr)
+    n_keys = np.diff(ptr)
     with np.errstate(divide="ignore", invalid="ignore"):
         gmf = np.where(total > 0, good / total, 0.0)
     gmf[n_keys == 0] = np.nan
