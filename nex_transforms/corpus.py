@@ -228,7 +228,8 @@ def sanitise_masses(keys: np.ndarray, masses: np.ndarray) -> tuple[np.ndarray | 
     if keys.size and keys.max() >= KEY_SPACE:  # only layer-255 keys can be this large
         keep = (keys >> UNIT_BITS) != RESERVED_LAYER
     clean = masses.astype(np.float64)
-    if clean.size and not (np.isfinite(clean).all() and clean.min() >= 0):
+    # min() is NaN when any value is NaN, and the comparison then fails
+    if clean.size and not (clean.min() >= 0 and clean.max() < np.inf):
         clean[~np.isfinite(clean)] = 0.0
         np.maximum(clean, 0.0, out=clean)
     return keep, clean

@@ -97,7 +97,8 @@ def cycle_credit(rows: KeptRows, nov: Novelty, seg: Segmentation, params: NexPar
     scale = np.where(effective, progress * kappa, np.abs(progress))
 
     # Credit: new keys of the E rows of credited cycles, mass times the cycle's scale.
-    give_row = e_rows & credited[np.maximum(row_cycle, 0)]
+    give_row = e_rows.copy()
+    give_row[e_rows] = credited[row_cycle[e_rows]]
     entries = np.flatnonzero(nov.is_new & give_row[entry_row])
     cycle_of_entry = row_cycle[entry_row[entries]]
     amounts = rows.masses[entries] * scale[cycle_of_entry]
@@ -155,11 +156,33 @@ def analyse(corpus: RowCorpus, params: NexParams | None = None,
     return TraceAnalysis(rows, nov, seg, cycle_credit(rows, nov, seg, params))
 
 
+#: Above this many keys, sums per key go through a dense 2^22 table instead of a sort.
+DENSE_MERGE_KEYS = 1 << 16
+
+
+def _sum_by_key(keys: list, effective: list, redundant: list):
+    """Sum credit per key over several sparse vectors; keys come out ascending.
+
+    Both paths add values in input order, so they give identical sums.
+    """
+    keys = np.concatenate(keys) if keys else np.zeros(0, np.uint32)
+    effective = np.concatenate(effective) if effective else np.zeros(0)
+    redundant = np.concatenate(redundant) if redundant else np.zeros(0)
+    if keys.size > DENSE_MERGE_KEYS:
+        present = np.zeros(KEY_SPACE, dtype=bool)
+        present[keys] = True
+        out = np.flatnonzero(present)
+        eff = np.bincount(keys, weights=effective, minlength=KEY_SPACE)[out]
+        red = np.bincount(keys, weights=redundant, minlength=KEY_SPACE)[out]
+        return out.astype(np.uint32), eff, red
+    out, inverse = np.unique(keys, return_inverse=True)
+    eff = np.bincount(inverse, weights=effective, minlength=out.size)
+    red = np.bincount(inverse, weights=redundant, minlength=out.size)
+    return out.astype(np.uint32), eff, red
+
+
 def _merge_sparse(keys_a, eff_a, red_a, keys_b, eff_b, red_b):
-    keys, inverse = np.unique(np.concatenate([keys_a, keys_b]), return_inverse=True)
-    eff = np.bincount(inverse, weights=np.concatenate([eff_a, eff_b]), minlength=keys.size)
-    red = np.bincount(inverse, weights=np.concatenate([red_a, red_b]), minlength=keys.size)
-    return keys.astype(np.uint32), eff, red
+    return _sum_by_key([keys_a, keys_b], [eff_a, eff_b], [red_a, red_b])
 
 
 def _empty_keys() -> np.ndarray:
@@ -230,11 +253,9 @@ class CreditAccumulator:
         parts = list(parts)
         if not parts:
             return cls.empty()
-        keys, inverse = np.unique(np.concatenate([p.keys for p in parts]),
-                                  return_inverse=True)
-        eff = np.bincount(inverse, np.concatenate([p.effective for p in parts]), keys.size)
-        red = np.bincount(inverse, np.concatenate([p.redundant for p in parts]), keys.size)
-        return cls(keys.astype(np.uint32), eff, red,
+        keys, eff, red = _sum_by_key([p.keys for p in parts], [p.effective for p in parts],
+                                     [p.redundant for p in parts])
+        return cls(keys, eff, red,
                    n_traces=sum(p.n_traces for p in parts),
                    n_analysed=sum(p.n_analysed for p in parts),
                    n_cycles=sum(p.n_cycles for p in parts),

@@ -47,22 +47,37 @@ def viterbi(log_emissions: np.ndarray, lengths: np.ndarray, log_transitions: np.
     n_batch, width, _ = log_emissions.shape
     if log_start is None:
         log_start = np.log(np.full(2, 0.5))
-    lattice = np.empty((n_batch, width, 2))
-    lattice[:, 0] = log_start + log_emissions[:, 0]
-    for t in range(1, width):
-        prev = lattice[:, t - 1, :, None] + log_transitions  # (B, from, to)
-        lattice[:, t] = prev.max(axis=1) + log_emissions[:, t]
-    states = np.zeros((n_batch, width), np.int64)
-    rows = np.arange(n_batch)
+    log_start = np.broadcast_to(log_start, (n_batch, 2))
+    # two states: unroll the max over predecessors; keep backpointers
+    a00, a01 = log_transitions[:, 0, 0], log_transitions[:, 0, 1]
+    a10, a11 = log_transitions[:, 1, 0], log_transitions[:, 1, 1]
+    score0 = log_start[:, 0] + log_emissions[:, 0, 0]
+    score1 = log_start[:, 1] + log_emissions[:, 0, 1]
+    from0_to0 = np.empty((width, n_batch), dtype=bool)  # best predecessor of 0 is 0
+    from0_to1 = np.empty((width, n_batch), dtype=bool)  # best predecessor of 1 is 0
+    final0 = score0.copy()
+    final1 = score1.copy()
     last = lengths - 1
-    states[rows, last] = np.argmax(lattice[rows, last], axis=1)
-    for t in range(width - 2, -1, -1):
-        inside = t < last
-        if not inside.any():
+    for t in range(1, width):
+        stay0, move10 = score0 + a00, score1 + a10
+        move01, stay1 = score0 + a01, score1 + a11
+        from0_to0[t] = stay0 >= move10  # ties go to the lower state, as argmax does
+        from0_to1[t] = move01 >= stay1
+        score0 = np.where(from0_to0[t], stay0, move10) + log_emissions[:, t, 0]
+        score1 = np.where(from0_to1[t], move01, stay1) + log_emissions[:, t, 1]
+        ends = last == t
+        if ends.any():
+            final0 = np.where(ends, score0, final0)
+            final1 = np.where(ends, score1, final1)
+    states = np.zeros((n_batch, width), np.int64)
+    states[np.arange(n_batch), last] = final1 > final0  # ties go to state 0
+    for t in range(width - 1, 0, -1):
+        active = t <= last
+        if not active.any():
             continue
-        nxt = states[:, t + 1]
-        scores = lattice[:, t] + log_transitions[rows, :, nxt]
-        states[:, t] = np.where(inside, np.argmax(scores, axis=1), states[:, t])
+        current = states[:, t]
+        previous = np.where(current == 0, ~from0_to0[t], ~from0_to1[t])
+        states[:, t - 1] = np.where(active, previous, states[:, t - 1])
     return states
 
 

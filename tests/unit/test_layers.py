@@ -1,0 +1,34 @@
+"""Layer rules: the core imports numpy/scipy only; flows > pipelines > core."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_import_linter_contracts_hold():
+    exe = Path(sys.executable).with_name("lint-imports")
+    done = subprocess.run([str(exe), "--no-cache"], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "broken" in done.stdout and "0 broken" in done.stdout
+
+
+def test_importing_the_core_loads_no_engine():
+    code = ("import sys, nex_transforms; "
+            "heavy = {'torch', 'transformers', 'zarr', 'pyarrow', 'apache_beam', 'dask', "
+            "'distributed', 'prefect', 'mlflow', 'pandas', 'sklearn', 'hmmlearn', 'scipy'}; "
+            "print(sorted(heavy & {m.split('.')[0] for m in sys.modules}))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_cli_help_is_light():
+    code = ("import sys; from pipelines.cli import build_parser; build_parser(); "
+            "print(sorted({'torch', 'transformers', 'zarr'} & set(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, check=True)
+    assert done.stdout.strip() == "[]"
