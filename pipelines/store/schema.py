@@ -79,9 +79,10 @@ class StoreError(NexError):
 
 def check_part_name(part: object) -> str:
     """Validate a part name (``[A-Za-z0-9._-]+``, not starting with a dot)."""
-    if not isinstance(part, str) or not PART_NAME.match(part) or part.startswith("."):
+    if not isinstance(part, str) or not PART_NAME.fullmatch(part) or part.startswith(".") \
+            or part == "zarr.json":
         raise StoreError(expected("part name", "letters, digits, '.', '_' or '-' "
-                                  "(not starting with '.')", repr(part)))
+                                  "(not starting with '.', not 'zarr.json')", repr(part)))
     return part
 
 

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import sys
+import time
 import uuid
 import warnings
 import zlib
@@ -40,6 +41,10 @@ PARTS_META_KEY = b"nex_store_parts"
 #: Arrays holding what the row-cache layout holds (sparse rows, aggregates, pointers).
 ROW_CACHE_CONTENT = ("trace_row_ptr", "row_entry_ptr", "row_tokens", "keys", "masses",
                      "agg_ptr", "agg_keys", "agg_masses")
+#: Seconds after which finalize treats staging leftovers as abandoned by a crashed writer.
+STALE_SECONDS = 600.0
+#: Separates the part name in staging directory names ("~" is not allowed in part names).
+STAGING_SEP = "~"
 _KNOWN_ENTRIES = {"zarr.json", PARTS_DIR, MANIFESTS_DIR, STAGING_DIR, CONSOLIDATED_MANIFEST}
 
 
@@ -226,15 +231,16 @@ class ActivationStore:
         summary = dict(encoded.counts, part=part, extra_metadata=extra)
         staging_root = self.path / STAGING_DIR
         staging_root.mkdir(exist_ok=True)
-        for stale in staging_root.glob(f"{part}.*"):
-            shutil.rmtree(stale, ignore_errors=True)
+        for stale in staging_root.iterdir():  # left by a crashed writer of this part
+            if stale.name.split(STAGING_SEP)[0] == part:
+                shutil.rmtree(stale, ignore_errors=True)
         token = uuid.uuid4().hex
-        staging = staging_root / f"{part}.{token}"
+        staging = staging_root / f"{part}{STAGING_SEP}{token}"
         try:
             self._write_group(staging, part, encoded, summary)
             target = self.part_dir(part)
             if target.exists():  # left by a crash after the rename, before the manifest
-                trash = staging_root / f"{part}.{token}.trash"
+                trash = staging_root / f"{part}{STAGING_SEP}{token}{STAGING_SEP}trash"
                 target.rename(trash)
                 shutil.rmtree(trash, ignore_errors=True)
             staging.rename(target)
@@ -272,11 +278,13 @@ class ActivationStore:
         table = pa.table({name: encoded.columns[name] for name in schema.names}, schema=schema)
         write_manifest(self._manifest_path(part), table, {PART_META_KEY: json.dumps(summary)})
 
-    def finalize(self) -> None:
+    def finalize(self, stale_after: float = STALE_SECONDS) -> None:
         """Consolidate: one ``manifest.parquet`` and consolidated zarr metadata; idempotent.
 
-        Call when writers are done: it also removes what crashed writers left behind
-        (staging directories, part groups without a manifest). Rerun after appending.
+        Call when writers are done; rerun after appending. It also removes what crashed
+        writers left behind (staging directories, part groups without a manifest, temp
+        files) once untouched for ``stale_after`` seconds, so a writer still at work is
+        never disturbed.
         """
         import pyarrow.parquet as pq
         import zarr
@@ -285,12 +293,7 @@ class ActivationStore:
             raise StoreError(expected(f"store {self.path}", "opened for writing (create)",
                                       "a read-only store (open)"))
         parts = self.parts()
-        for leftover in (self.path / STAGING_DIR).glob("*"):
-            shutil.rmtree(leftover, ignore_errors=True)
-        parts_dir = self.path / PARTS_DIR
-        for folder in parts_dir.iterdir() if parts_dir.is_dir() else []:
-            if folder.is_dir() and folder.name not in parts:
-                shutil.rmtree(folder, ignore_errors=True)
+        self._remove_leftovers(parts, stale_after)
         table = self._per_part_manifest(parts)
         summaries = {p: self.part_summary(p) for p in parts}
         write_manifest(self.path / CONSOLIDATED_MANIFEST, table,
@@ -299,6 +302,27 @@ class ActivationStore:
             warnings.simplefilter("ignore")
             zarr.consolidate_metadata(str(self.path))
 
+    def _remove_leftovers(self, parts: list[str], stale_after: float) -> None:
+        cutoff = time.time() - stale_after
+
+        def stale(entry: Path) -> bool:
+            try:
+                return entry.stat().st_mtime <= cutoff
+            except FileNotFoundError:
+                return False
+
+        staging = list((self.path / STAGING_DIR).glob("*"))
+        parts_dir = self.path / PARTS_DIR
+        orphans = [f for f in (parts_dir.iterdir() if parts_dir.is_dir() else [])
+                   if f.is_dir() and f.name not in parts]
+        for entry in staging + orphans:
+            if stale(entry):
+                shutil.rmtree(entry, ignore_errors=True)
+        for folder in (self.path, parts_dir, self.path / MANIFESTS_DIR):
+            for tmp in folder.glob(".*.tmp"):  # temp files of crashed atomic writes
+                if stale(tmp):
+                    tmp.unlink(missing_ok=True)
+
     # ----------------------------------------------------------------- reading
     def part_summary(self, part: str) -> dict:
         """Counts and extra metadata of a completed part (from its manifest)."""
@@ -306,8 +330,13 @@ class ActivationStore:
 
         if not self.has_part(part):
             raise StoreError(expected(f"store {self.path} part", "a completed part", part))
-        meta = pq.read_schema(self._manifest_path(part)).metadata or {}
-        return json.loads(meta.get(PART_META_KEY, b"{}"))
+        path = self._manifest_path(part)
+        try:
+            meta = pq.read_schema(path).metadata or {}
+            return json.loads(meta.get(PART_META_KEY, b"{}"))
+        except (OSError, ValueError) as err:
+            raise StoreError(expected(f"part {part} manifest {path}",
+                                      "a readable Parquet manifest", err)) from None
 
     def _per_part_manifest(self, parts: list[str]):
         import pyarrow as pa

@@ -10,7 +10,8 @@ import numpy as np
 from nex_transforms import KEY_SPACE, RESERVED_LAYER, UNIT_BITS
 from nex_transforms.segments import segment_ids
 
-from .schema import PART_ARRAYS, SCHEMA_VERSION, STATUS_COMPLETE, TOKEN_STATS
+from .schema import (PART_ARRAYS, SCHEMA_VERSION, STATUS_COMPLETE, TOKEN_STATS, array_dtype,
+                     check_storage)
 from .store import ActivationStore, checksum
 
 
@@ -81,7 +82,7 @@ def _check_part(store: ActivationStore, part: str, table: dict, report: VerifyRe
     if attrs.get("schema_version") != SCHEMA_VERSION:
         _fail(report, part, None, f"schema_version: expected {SCHEMA_VERSION}, "
                                   f"got {attrs.get('schema_version')}")
-    arrays = _load_arrays(store, part, summary, report)
+    arrays = _load_arrays(store, part, summary, attrs, report)
     ids = table["trace_id"]
     report.traces += len(ids)
     report.rows += int(summary["n_rows"])
@@ -100,7 +101,12 @@ def _lengths(summary: dict) -> dict:
             "aggregate_entries": summary["n_aggregate_entries"], "tokens": summary["n_tokens"]}
 
 
-def _load_arrays(store, part, summary, report) -> dict:
+def _load_arrays(store, part, summary, attrs, report) -> dict:
+    for key in ("n_traces", "n_rows", "n_entries", "n_aggregate_entries", "n_tokens"):
+        if attrs.get(key) != summary.get(key):
+            _fail(report, part, None, f"part attribute {key}: expected {summary.get(key)} "
+                                      f"(manifest), got {attrs.get(key)}")
+    storage = attrs.get("storage") or {}
     lengths = _lengths(summary)
     wanted = {name: lengths[spec[1]] for name, spec in PART_ARRAYS.items()}
     wanted.update({name: lengths["tokens"] for name in summary.get("token_stats", [])})
@@ -115,6 +121,9 @@ def _load_arrays(store, part, summary, report) -> dict:
         if array.shape != (length,):
             _fail(report, part, None, f"array {name}: expected shape ({length},), "
                                       f"got {array.shape}")
+        dtype = array_dtype(name, check_storage(storage))
+        if array.dtype != dtype:
+            _fail(report, part, None, f"array {name}: expected dtype {dtype}, got {array.dtype}")
         shard = array.shards[0] if array.shards else array.chunks[0]
         for index in range(-(-length // shard)):
             path = store.part_dir(part) / name / "c" / str(index)

@@ -83,6 +83,8 @@ def test_a_writer_killed_mid_part_leaves_nothing_visible_and_a_rerun_completes(t
     assert store.manifest().num_rows == 0 and store.read_corpus().n_traces == 0
     leftover = (path / "parts" / "p").exists() or any((path / ".staging").iterdir())
     assert leftover, "the hook should have killed the writer with a part half-written"
+    ActivationStore.create(path, {"capture": CAPTURE}).finalize()  # leaves fresh leftovers
+    assert (path / "parts" / "p").exists() or any((path / ".staging").iterdir())
 
     rerun = run_worker([str(go), "p", "7", str(path)])
     _, err = rerun.communicate(timeout=120)
@@ -94,3 +96,16 @@ def test_a_writer_killed_mid_part_leaves_nothing_visible_and_a_rerun_completes(t
     assert list((path / ".staging").iterdir()) == []
     expected = synthetic_records(4, seed=7, prefix="p", n_tokens=64)
     assert [r.keys.size for r in store.read_records("p")] == [r.keys.size for r in expected]
+
+
+def test_finalize_removes_only_stale_leftovers(tmp_path):
+    store = ActivationStore.create(tmp_path / "s", {"capture": CAPTURE})
+    store.write_part("done", synthetic_records(1, seed=1, n_tokens=40))
+    (tmp_path / "s" / ".staging" / "busy~0123").mkdir()
+    (tmp_path / "s" / "parts" / "orphan").mkdir()
+    store.finalize()
+    assert (tmp_path / "s" / ".staging" / "busy~0123").exists()
+    store.finalize(stale_after=0)
+    assert not (tmp_path / "s" / ".staging" / "busy~0123").exists()
+    assert not (tmp_path / "s" / "parts" / "orphan").exists()
+    assert store.parts() == ["done"] and verify_store(store).ok

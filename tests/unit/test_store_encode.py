@@ -32,7 +32,8 @@ def test_chunking_gives_shards_that_are_multiples_of_chunks(n):
     assert shard % chunk == 0 and shard // chunk <= CHUNKS_PER_SHARD
 
 
-@pytest.mark.parametrize("name", ["", ".hidden", "a/b", "a b", "ü", None, 3])
+@pytest.mark.parametrize("name", ["", ".hidden", "a/b", "a b", "a~b", "zarr.json", "a\n", "ü",
+                                  None, 3])
 def test_bad_part_names_are_refused(name):
     with pytest.raises(StoreError, match="part name: expected"):
         check_part_name(name)
