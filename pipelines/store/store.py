@@ -31,10 +31,9 @@ from ..atomic import atomic_write
 from ..records import TraceRecord
 from .encode import EncodedPart, decode_records, encode_part
 from .fs import create_exclusive, fault_point, group_node, read_json, tree_bytes
-from .schema import (CONSOLIDATED_MANIFEST, MANIFESTS_DIR, PART_ARRAYS, PARTS_DIR,
+from .schema import (CONSOLIDATED_MANIFEST, MANIFESTS_DIR, PARQUET_OPTIONS, PARTS_DIR,
                      SCHEMA_VERSION, STAGING_DIR, STORE_KIND, TOKEN_STATS, StoreError,
-                     array_dtype, check_part_name, check_storage, chunking, compressor,
-                     manifest_schema, PARQUET_OPTIONS)
+                     check_part_name, check_storage, chunking, compressor, manifest_schema)
 
 PART_META_KEY = b"nex_store_part"
 PARTS_META_KEY = b"nex_store_parts"
@@ -272,7 +271,6 @@ class ActivationStore:
 
     def _write_part_manifest(self, part: str, encoded: EncodedPart, summary: dict) -> None:
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         schema = manifest_schema()
         table = pa.table({name: encoded.columns[name] for name in schema.names}, schema=schema)
@@ -286,7 +284,6 @@ class ActivationStore:
         files) once untouched for ``stale_after`` seconds, so a writer still at work is
         never disturbed.
         """
-        import pyarrow.parquet as pq
         import zarr
 
         if not self._writable:
@@ -340,7 +337,6 @@ class ActivationStore:
 
     def _per_part_manifest(self, parts: list[str]):
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         tables = [_read_manifest(self._manifest_path(p)) for p in parts]
         if not tables:
@@ -590,4 +586,4 @@ def aggregate_extras(extras: list[dict]) -> dict:
     return dict(sorted(out.items()))
 
 
-__all__ = ["ActivationStore", "PART_ARRAYS", "aggregate_extras", "array_dtype", "checksum"]
+__all__ = ["ActivationStore", "aggregate_extras", "checksum", "write_manifest"]

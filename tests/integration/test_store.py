@@ -309,3 +309,40 @@ def test_info_cli_prints_json_with_the_documented_keys(two_part_store, capsys):
         assert key in info
     assert main(["store", "finalize", str(two_part_store.path)]) == 0
     assert ActivationStore.open(two_part_store.path).info()["finalized"]
+
+
+# ------------------------------------------------------------------ format (golden facts)
+def test_stored_format_matches_the_documented_schema(two_part_store):
+    root = json.loads((two_part_store.path / "zarr.json").read_text())
+    assert root["zarr_format"] == 3 and root["node_type"] == "group"
+    assert root["attributes"]["store_kind"] == "nex-activation-store"
+    assert set(root["attributes"]["packages"]) >= {"zarr", "numpy", "pyarrow"}
+    node = json.loads((two_part_store.path / "parts" / "b" / "keys" / "zarr.json").read_text())
+    assert node["data_type"] == "uint32"
+    sharding = node["codecs"][0]
+    assert sharding["name"] == "sharding_indexed"
+    inner = [c["name"] for c in sharding["configuration"]["codecs"]]
+    assert inner == ["bytes", "blosc"]
+    blosc = sharding["configuration"]["codecs"][1]["configuration"]
+    assert (blosc["cname"], blosc["shuffle"]) == ("zstd", "shuffle")
+    masses = json.loads((two_part_store.path / "parts" / "b" / "masses" / "zarr.json").read_text())
+    assert masses["data_type"] == "float16"
+    arrays = sorted(p.name for p in (two_part_store.path / "parts" / "b").iterdir() if p.is_dir())
+    assert arrays == sorted(["trace_row_ptr", "row_entry_ptr", "row_tokens", "keys", "masses",
+                             "agg_ptr", "agg_keys", "agg_masses", "token_ptr", "token_ids",
+                             *TOKEN_STAT_NAMES])
+    assert "entropy" not in {p.name for p in (two_part_store.path / "parts" / "a").iterdir()}
+    assert two_part_store.manifest().column_names == [
+        "trace_id", "prompt_id", "sample_index", "model_id", "model_revision", "part",
+        "trace_index", "row_start", "row_stop", "entry_start", "entry_stop", "agg_start",
+        "agg_stop", "token_start", "token_stop", "prompt_tokens", "response_tokens", "n_rows",
+        "n_entries", "finish_reason", "text", "reference_answer", "token_stats", "status"]
+
+
+def test_realistic_parts_take_fewer_bytes_than_the_row_cache(tmp_path):
+    store = new_store(tmp_path / "s")
+    store.write_part("p", synthetic_records(12, seed=11, with_stats=False))
+    store.finalize()
+    info = store.info()
+    assert info["entries"] > 50_000
+    assert info["sparse_bytes_per_entry"] < 4.5 and info["bytes_per_entry"] < 6.0
