@@ -335,6 +335,23 @@ class ActivationStore:
             raise StoreError(expected(f"part {part} manifest {path}",
                                       "a readable Parquet manifest", err)) from None
 
+    def part_summaries(self) -> dict:
+        """``{part: summary}`` of the completed parts (from the consolidated manifest when
+        it is current, else from each part's manifest)."""
+        import pyarrow.parquet as pq
+
+        parts = self.parts()
+        path = self.path / CONSOLIDATED_MANIFEST
+        if path.is_file():
+            try:
+                meta = pq.read_schema(path).metadata or {}
+                covered = json.loads(meta.get(PARTS_META_KEY, b"{}"))
+            except (OSError, ValueError):
+                covered = {}
+            if sorted(covered) == parts:
+                return covered
+        return {p: self.part_summary(p) for p in parts}
+
     def _per_part_manifest(self, parts: list[str]):
         import pyarrow as pa
 
@@ -497,7 +514,7 @@ class ActivationStore:
     def info(self) -> dict:
         """Counts, sizes and per-model trace counts of the completed parts."""
         table = self.manifest()
-        summaries = {p: self.part_summary(p) for p in self.parts()}
+        summaries = self.part_summaries()
         total = {k: int(sum(s.get(k, 0) for s in summaries.values()))
                  for k in ("n_rows", "n_entries", "n_aggregate_entries", "n_tokens",
                            "saturated_masses", "saturated_aggregate_masses")}
