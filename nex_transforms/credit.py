@@ -82,7 +82,10 @@ def cycle_credit(rows: KeptRows, nov: Novelty, seg: Segmentation, params: NexPar
     row_e_cycle = np.where(explore, row_cycle, -1).astype(np.int32)
     row_x_cycle = np.where(x_rows, row_cycle, -2).astype(np.int32)
     entry_row = nov.entry_row
-    reused = row_e_cycle[nov.first_row] == row_x_cycle[entry_row]
+    row_counts = np.diff(rows.entry_ptr)
+    # np.take/np.repeat: the same gathers as fancy indexing, without bounds checks
+    reused = np.take(row_e_cycle, nov.first_row, mode="clip") == np.repeat(row_x_cycle,
+                                                                          row_counts)
     row_reuse = segment_sums(rows.masses * reused, rows.entry_ptr)
     row_mass = rows.row_mass
     total_x = np.bincount(row_cycle[x_rows], weights=row_mass[x_rows], minlength=n_cycles)
@@ -99,7 +102,7 @@ def cycle_credit(rows: KeptRows, nov: Novelty, seg: Segmentation, params: NexPar
     # Credit: new keys of the E rows of credited cycles, mass times the cycle's scale.
     give_row = e_rows.copy()
     give_row[e_rows] = credited[row_cycle[e_rows]]
-    entries = np.flatnonzero(nov.is_new & give_row[entry_row])
+    entries = np.flatnonzero(nov.is_new & np.repeat(give_row, row_counts))
     cycle_of_entry = row_cycle[entry_row[entries]]
     amounts = rows.masses[entries] * scale[cycle_of_entry]
     is_eff = effective[cycle_of_entry]
@@ -157,7 +160,7 @@ def analyse(corpus: RowCorpus, params: NexParams | None = None,
 
 
 #: Above this many keys, sums per key go through a dense 2^22 table instead of a sort.
-DENSE_MERGE_KEYS = 1 << 16
+DENSE_MERGE_KEYS = 1 << 18
 
 
 def _sum_by_key(keys: list, effective: list, redundant: list):
@@ -218,8 +221,11 @@ class CreditAccumulator:
     def add_analysis(self, analysis: TraceAnalysis) -> "CreditAccumulator":
         """Add the credit of an already analysed batch of traces."""
         c = analysis.credit
-        keys, eff, red = _merge_sparse(self.keys, self.effective, self.redundant,
-                                       c.keys, c.effective, c.redundant)
+        if self.keys.size:
+            keys, eff, red = _merge_sparse(self.keys, self.effective, self.redundant,
+                                           c.keys, c.effective, c.redundant)
+        else:  # the batch's keys are already unique and ascending
+            keys, eff, red = c.keys, c.effective, c.redundant
         return CreditAccumulator(
             keys, eff, red,
             n_traces=self.n_traces + int(analysis.kept_row_counts.size),

@@ -81,6 +81,48 @@ def viterbi(log_emissions: np.ndarray, lengths: np.ndarray, log_transitions: np.
     return states
 
 
+def sticky_viterbi(delta: np.ndarray, lengths: np.ndarray, rho) -> np.ndarray:
+    """Viterbi for two states with symmetric sticky transitions, in closed form.
+
+    With stay probability ``rho`` in both states and uniform start, only the score
+    difference ``d_t = score1_t - score0_t`` matters, and it follows
+    ``d_t = clip(d_{t-1}, -c, c) + delta_t`` with ``c = log(rho / (1 - rho))`` and
+    ``delta_t`` the emission log-likelihood difference (state 1 minus state 0). The
+    backtrack is then closed-form too: a step with ``d_t > c`` is in state 1 and one with
+    ``d_t <= -c`` in state 0 whatever follows; any other step copies the next step's
+    state; the last step takes ``d > 0``. Ties resolve to state 0 as in :func:`viterbi`,
+    to which this is equal (tested against it and against brute force).
+
+    Args:
+        delta: ``(B, T)`` emission log-likelihood differences, padded.
+        lengths: ``(B,)`` true lengths (>= 1).
+        rho: stay probability, scalar or ``(B,)``.
+    Returns:
+        ``(B, T)`` int states (pads 0).
+    """
+    n_batch, width = delta.shape
+    rho = np.broadcast_to(np.asarray(rho, dtype=np.float64), (n_batch,))
+    with np.errstate(divide="ignore"):
+        c = np.log(rho) - np.log1p(-rho)
+    diff = np.empty((width, n_batch))
+    steps = np.ascontiguousarray(delta.T)
+    diff[0] = steps[0]
+    low = -c
+    for t in range(1, width):
+        np.clip(diff[t - 1], low, c, out=diff[t])
+        diff[t] += steps[t]
+    diff = diff.T
+    cols = np.arange(width)
+    last = lengths - 1
+    rows = np.arange(n_batch)
+    known = np.where(diff > c[:, None], 1, np.where(diff <= low[:, None], 0, -1))
+    known[rows, last] = diff[rows, last] > 0
+    known[cols[None, :] > last[:, None]] = 0
+    source = np.where(known >= 0, cols[None, :], width)
+    source = np.minimum.accumulate(source[:, ::-1], axis=1)[:, ::-1]
+    return np.take_along_axis(known, source, axis=1).astype(np.int64)
+
+
 def fit_sticky_hmm(x: np.ndarray, mask: np.ndarray, means: np.ndarray, variances: np.ndarray,
                    rho: float, n_iter: int, prior_strength: float, var_floor: float
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -153,7 +153,7 @@ def fit_two_gaussians(x: np.ndarray, mask: np.ndarray, max_iter: int = 50, tol: 
     resp1 = (labels == 1) * maskf
     resp0 = maskf - resp1
 
-    def m_step(r0, r1):
+    def m_step(r0, r1, xm, x2):
         nk = np.stack([r0.sum(axis=1), r1.sum(axis=1)], axis=1) + _TINY
         sums = np.stack([(r0 * xm).sum(axis=1), (r1 * xm).sum(axis=1)], axis=1)
         sq = np.stack([(r0 * x2).sum(axis=1), (r1 * x2).sum(axis=1)], axis=1)
@@ -161,41 +161,52 @@ def fit_two_gaussians(x: np.ndarray, mask: np.ndarray, max_iter: int = 50, tol: 
         cov = sq / nk - means ** 2 + reg_covar
         return nk, means, cov
 
-    nk, means, cov = m_step(resp0, resp1)
+    nk, means, cov = m_step(resp0, resp1, xm, x2)
     weights = nk / counts[:, None]
     ok = np.all(cov > 0, axis=1)
-    lower = np.full(n_batch, -np.inf)
-    active = ok.copy()
     n_iter = np.zeros(n_batch, np.int64)
+    # Work on the traces still iterating only; converged ones keep their parameters.
+    live = np.flatnonzero(ok)
+    lower = np.full(live.size, -np.inf)
+    w_mask, w_maskf, w_counts = mask[live], maskf[live], counts[live]
+    w_xm, w_x2 = xm[live], x2[live]
+    w_means, w_cov, w_weights = means[live], cov[live], weights[live]
     for _ in range(max_iter):
-        if not active.any():
+        if live.size == 0:
             break
-        safe_cov = np.where(cov > 0, cov, 1.0)
-        prec_chol = 1.0 / np.sqrt(safe_cov)
+        prec_chol = 1.0 / np.sqrt(w_cov)
         prec = prec_chol ** 2
         log_det = np.log(prec_chol)
         wlp = []
         for k in range(2):
-            quad = (means[:, k:k + 1] ** 2 * prec[:, k:k + 1]
-                    - 2.0 * xm * (means[:, k:k + 1] * prec[:, k:k + 1])
-                    + x2 * prec[:, k:k + 1])
+            quad = (w_means[:, k:k + 1] ** 2 * prec[:, k:k + 1]
+                    - 2.0 * w_xm * (w_means[:, k:k + 1] * prec[:, k:k + 1])
+                    + w_x2 * prec[:, k:k + 1])
             wlp.append(-0.5 * (_LOG_2PI + quad) + log_det[:, k:k + 1]
-                       + np.log(weights[:, k:k + 1]))
+                       + np.log(w_weights[:, k:k + 1]))
         top = np.maximum(wlp[0], wlp[1])
         norm = np.log(np.exp(wlp[0] - top) + np.exp(wlp[1] - top)) + top
-        new_lower = np.where(mask, norm, 0.0).sum(axis=1) / counts
-        r0 = np.exp(wlp[0] - norm) * maskf
-        r1 = np.exp(wlp[1] - norm) * maskf
-        new_nk, new_means, new_cov = m_step(r0, r1)
-        upd = active
-        means = np.where(upd[:, None], new_means, means)
-        cov = np.where(upd[:, None], new_cov, cov)
-        weights = np.where(upd[:, None], new_nk / new_nk.sum(axis=1, keepdims=True), weights)
-        n_iter = n_iter + upd
-        bad = upd & ~np.all(new_cov > 0, axis=1)
-        ok &= ~bad
-        converged = upd & (np.abs(new_lower - lower) < tol)
-        lower = np.where(upd, new_lower, lower)
-        active = active & ~converged & ~bad
+        new_lower = np.where(w_mask, norm, 0.0).sum(axis=1) / w_counts
+        r0 = np.exp(wlp[0] - norm) * w_maskf
+        r1 = np.exp(wlp[1] - norm) * w_maskf
+        w_nk, w_means, w_cov = m_step(r0, r1, w_xm, w_x2)
+        w_weights = w_nk / w_nk.sum(axis=1, keepdims=True)
+        n_iter[live] += 1
+        bad = ~np.all(w_cov > 0, axis=1)
+        converged = np.abs(new_lower - lower) < tol
+        lower = new_lower
+        done = converged | bad
+        if done.any():
+            finished = live[done]
+            means[finished], cov[finished] = w_means[done], w_cov[done]
+            weights[finished] = w_weights[done]
+            ok[live[bad]] = False
+            keep = ~done
+            live, lower = live[keep], lower[keep]
+            w_mask, w_maskf, w_counts = w_mask[keep], w_maskf[keep], w_counts[keep]
+            w_xm, w_x2 = w_xm[keep], w_x2[keep]
+            w_means, w_cov, w_weights = w_means[keep], w_cov[keep], w_weights[keep]
+    if live.size:  # ran out of iterations
+        means[live], cov[live], weights[live] = w_means, w_cov, w_weights
     ok &= np.all(np.isfinite(means), axis=1) & np.all(np.isfinite(cov), axis=1)
     return MixtureFit(means=means, variances=cov, weights=weights, ok=ok, n_iter=n_iter)

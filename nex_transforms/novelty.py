@@ -65,7 +65,7 @@ class KeyIndex:
 
     def ids(self, keys: np.ndarray) -> np.ndarray:
         """Dense ids of keys that are in the index."""
-        return self.lookup[keys]
+        return np.take(self.lookup, keys, mode="clip")
 
 
 def first_rows(key_id: np.ndarray, n_keys: int, entry_row: np.ndarray,
@@ -96,7 +96,7 @@ def first_rows(key_id: np.ndarray, n_keys: int, entry_row: np.ndarray,
         cell = np.repeat(offsets[:last - first], counts[first:last])
         cell += key_id[a:b]
         table[cell[::-1]] = reversed_rows[n - b:n - a]
-        out[a:b] = table[cell]
+        out[a:b] = np.take(table, cell, mode="clip")
     return out
 
 

@@ -38,7 +38,7 @@ def good_mass_fraction(aggregates: Aggregates, weights: np.ndarray) -> np.ndarra
         masses, keys = masses[keep], keys[keep]
         ptr = np.concatenate([[0], np.cumsum(np.bincount(owner[keep],
                                                          minlength=aggregates.n_traces))])
-    w = weights[keys].astype(np.float64)
+    w = np.take(weights, keys, mode="clip").astype(np.float64)
     good = segment_sums(masses * np.maximum(w, 0.0), ptr)
     total = segment_sums(masses * np.abs(w), ptr)
     n_keys = np.diff(ptr)

@@ -6,8 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .hmm import (fit_sticky_hmm, gaussian_log_likelihood, smooth_min_run,
-                  sticky_log_transitions, viterbi)
+from .hmm import fit_sticky_hmm, gaussian_log_likelihood, smooth_min_run, sticky_viterbi
 from .mixture import fit_two_gaussians
 from .params import NexParams
 from .segments import grouped_median, positions_in_segment, ranges, segment_ids
@@ -106,7 +105,7 @@ def _batch_labels(z: np.ndarray, trace_ptr: np.ndarray, traces: np.ndarray,
                                                params.var_floor)
     with np.errstate(all="ignore"):
         log_em = gaussian_log_likelihood(x, means, variances)
-        states = viterbi(log_em, lengths, sticky_log_transitions(rho, traces.size))
+        states = sticky_viterbi(log_em[:, :, 1] - log_em[:, :, 0], lengths, rho)
     ok = fit.ok & np.all(np.isfinite(log_em) | ~mask[:, :, None], axis=(1, 2))
     explore_state = np.argmax(means, axis=1)
     explore = states == explore_state[:, None]

@@ -99,3 +99,24 @@ def test_em_extension_learns_rho_and_emissions():
                    sticky_log_transitions(rho, 1))[0]
     high = int(np.argmax(means[0]))
     assert np.mean((path == high) == (states == 1)) > 0.98
+
+
+@settings(max_examples=80, deadline=None)
+@given(seed=st.integers(0, 10_000), batch=st.integers(1, 6), width=st.integers(1, 9),
+       scale=st.floats(0.01, 5.0))
+def test_sticky_viterbi_equals_general_viterbi(seed, batch, width, scale):
+    from nex_transforms.hmm import sticky_viterbi
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, width + 1, size=batch)
+    rho = rng.uniform(0.5, 0.999, size=batch)
+    log_em = rng.normal(0, scale, size=(batch, width, 2))
+    general = viterbi(log_em, lengths, sticky_log_transitions(rho, batch))
+    closed = sticky_viterbi(log_em[:, :, 1] - log_em[:, :, 0], lengths, rho)
+    for b in range(batch):
+        n = lengths[b]
+        assert closed[b, :n].tolist() == general[b, :n].tolist()
+        _, best = brute_force_path(log_em[b, :n], sticky_log_transitions(rho[b], 1)[0],
+                                   np.log([0.5, 0.5]))
+        got = path_score(closed[b, :n], log_em[b, :n], sticky_log_transitions(rho[b], 1)[0],
+                         np.log([0.5, 0.5]))
+        assert abs(got - best) <= 1e-9
