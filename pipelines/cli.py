@@ -13,6 +13,7 @@ COMMAND_MODULES = [
     "pipelines.commands.rows_cache",
     "pipelines.commands.store",
     "pipelines.commands.capture",
+    "pipelines.commands.score",
 ]
 
 

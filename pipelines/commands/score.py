@@ -1,0 +1,5 @@
+"""``nex score``: being written (see issue 4)."""
+
+
+def register(subparsers) -> None:
+    """Registers no subcommand yet."""
