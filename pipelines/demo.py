@@ -45,10 +45,10 @@ def reference_stage(reference: Path) -> dict:
     }
 
 
-def synthetic_stage(n_traces: int, seed: int) -> dict:
+def synthetic_stage(n_traces: int, seed: int, params: NexParams | None = None) -> dict:
     corpus = synthetic_corpus(SyntheticSpec(n_traces=n_traces, seed=seed))
     start = time.perf_counter()
-    params = NexParams()
+    params = params or NexParams()
     acc = accumulate(corpus, params)
     weights = acc.finalize(params.eps)
     scores = score_corpus(corpus, weights)
@@ -90,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"synthetic corpus: {syn['responses']} responses, {syn['rows']} rows -> NEX "
           f"{syn['nex']:.5f} (log-gap {syn['log_gap']:.4f}), {syn['cycles']} cycles "
           f"({syn['effective_cycles']} effective), {syn['seconds']:.2f} s")
+    report["synthetic_fit_hmm_extension"] = ext = synthetic_stage(
+        args.synthetic_traces, args.seed, NexParams(fit_hmm=True))
+    print(f"  extension (EM-fitted sticky HMM per trace): NEX {ext['nex']:.5f}, "
+          f"{ext['cycles']} cycles, {ext['seconds']:.2f} s")
 
     atomic_write_json(out / "report.json", report)
     print(f"report written to {out / 'report.json'}")
