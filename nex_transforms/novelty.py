@@ -11,6 +11,10 @@ from .params import KEY_SPACE
 
 #: Cells of the (trace, key) first-entry table filled at once (int32: 1 MiB fits in cache).
 TABLE_CELLS = 1 << 18
+#: Groups of traces per call are raised past the cache-sized table when there are many
+#: short traces (so the loop stays short), up to this many cells (64 MiB).
+MAX_TABLE_CELLS = 1 << 24
+MAX_GROUPS = 64
 
 
 @dataclass(frozen=True)
@@ -76,15 +80,18 @@ def first_rows(key_id: np.ndarray, n_keys: int, entry_row: np.ndarray,
     is filled by one scatter in reverse entry order (entries are in row order, and NumPy
     assigns repeated indices in order, so the earliest row is written last) and read
     back by one gather. Traces are taken in groups so the table stays within
-    :data:`TABLE_CELLS` cells (cache-resident).
+    :data:`TABLE_CELLS` cells (cache-resident), or, for many short traces, so that there
+    are at most about :data:`MAX_GROUPS` groups within :data:`MAX_TABLE_CELLS` cells.
     """
     n = key_id.size
     trace_entries = entry_ptr[trace_ptr]
     counts = np.diff(trace_entries)
     n_traces = counts.size
-    per_group = max(1, TABLE_CELLS // max(n_keys, 1))
+    n_keys = max(n_keys, 1)
+    per_group = max(1, TABLE_CELLS // n_keys,
+                    min(-(-n_traces // MAX_GROUPS), MAX_TABLE_CELLS // n_keys))
     table = np.empty(min(per_group, n_traces) * n_keys, np.int32)
-    # a group's cells fit int32: at most max(TABLE_CELLS, n_keys) of them
+    # a group's cells fit int32: at most max(MAX_TABLE_CELLS, KEY_SPACE) of them
     offsets = np.arange(per_group, dtype=np.int32) * np.int32(n_keys)
     reversed_rows = entry_row[::-1].astype(np.int32)
     out = np.empty(n, np.int64)
