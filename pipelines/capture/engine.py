@@ -28,6 +28,8 @@ from torch import nn
 
 from nex_transforms.params import UNIT_BITS
 
+from ..records import TOKEN_STAT_NAMES
+
 from .models import MlpSite
 
 TOPK_CONFIDENCE_K = 20
@@ -426,8 +428,5 @@ def force_batch(model: nn.Module, prompts: list[list[int]], responses: list[list
              for name in (names or [])}
     return [BatchResult(np.asarray(responses[b], dtype=np.int32), "forced", rows[b],
                         {name: values[b, :len(responses[b])].copy() for name, values in stats.items()}
-                        if stats else {name: np.zeros(0, np.float32) for name in STAT_NAMES})
+                        if stats else {name: np.zeros(0, np.float32) for name in TOKEN_STAT_NAMES})
             for b in range(len(prompts))]
-
-
-STAT_NAMES = ("entropy", "self_certainty", "token_logprob", "topk_confidence")

@@ -242,7 +242,9 @@ def _default_store_factory(path: str, metadata: dict):
 
 @dataclass
 class CaptureSummary:
-    """What one capture process did."""
+    """What one capture process did: parts and traces written or skipped, non-finite
+    activations set to 0, whether it finalized the store, ``load_seconds`` (prompts,
+    model and store set-up) and ``seconds`` (total wall time)."""
 
     store: str
     parts_total: int = 0
@@ -252,6 +254,7 @@ class CaptureSummary:
     tokens_written: int = 0
     nan_activations: int = 0
     finalized: bool = False
+    load_seconds: float = 0.0
     seconds: float = 0.0
     capture: dict = field(default_factory=dict)
 
@@ -332,6 +335,7 @@ def run_capture(config: CaptureConfig,
     bar = tqdm(total=total, unit="trace", file=sys.stderr, disable=not config.progress,
                desc=f"capture {spec.model_id} shard {shard[0]}/{shard[1]}", dynamic_ncols=True)
     tokens_done, token_clock = 0, time.perf_counter()
+    summary.load_seconds = token_clock - started
     try:
         for part in parts:
             if store.has_part(part.name):
@@ -416,7 +420,8 @@ def run_capture(config: CaptureConfig,
 def summary_dict(summary: CaptureSummary) -> dict:
     """A JSON-ready view of a :class:`CaptureSummary`."""
     data = asdict(summary)
-    data["tokens_per_second"] = summary.tokens_written / summary.seconds if summary.seconds else 0.0
+    busy = summary.seconds - summary.load_seconds
+    data["tokens_per_second"] = summary.tokens_written / busy if busy > 0 else 0.0
     return data
 
 

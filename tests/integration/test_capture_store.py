@@ -255,3 +255,36 @@ def test_two_concurrent_shards_write_one_store(tiny, tmp_path):
     shards = {store.part_summary(p)["extra_metadata"]["shard"] for p in store.parts()}
     assert shards == {"0/2", "1/2"}
     assert main(["store", "verify", str(out)]) == 0
+
+
+def test_nan_activations_are_counted_in_the_part_metadata(tiny, tmp_path):
+    import torch
+
+    from pipelines.capture.models import load_model, resolve_model
+
+    model, tokenizer = load_model(resolve_model(str(tiny)))
+    with torch.no_grad():  # unit 5 of layer 1 is NaN at every position (so are the logits)
+        model.model.layers[1].mlp.up_proj.weight[5] = float("nan")
+    prompts = write_prompts(tmp_path / "p.jsonl", TEXTS[:3])
+    out = tmp_path / "store"
+    summary = run_capture(CaptureConfig(model=str(tiny), prompts=str(prompts), out=str(out),
+                                        samples=2, max_new_tokens=20, top_k_neurons=40,
+                                        row_size=8, progress=False),
+                          model_and_tokenizer=(model, tokenizer))
+    store = ActivationStore.open(out)
+    tokens = int(sum(store.manifest()["response_tokens"].to_pylist()))
+    assert tokens > 0 and summary.nan_activations == tokens  # one NaN unit per response token
+    (part,) = store.parts()
+    assert store.part_summary(part)["extra_metadata"]["nan_activations"] == tokens
+    corpus = store.read_corpus()
+    assert np.isfinite(corpus.masses.astype(np.float64)).all() and corpus.n_entries > 0
+    assert ((1 << 16) | 5) not in set(corpus.keys.tolist())
+
+
+def test_extending_the_limit_adds_each_new_trace_once(tiny, tmp_path):
+    prompts = write_prompts(tmp_path / "p.jsonl", TEXTS[:6])
+    out = tmp_path / "store"
+    assert main(capture_args(tiny, prompts, out, "--part-size", "2", "--limit", "3")) == 0
+    assert main(capture_args(tiny, prompts, out, "--part-size", "2", "--limit", "6")) == 0
+    assert _trace_counts(out) == {f"llama:q{i}:0": 1 for i in range(6)}
+    assert main(["store", "verify", str(out)]) == 0

@@ -330,3 +330,22 @@ def test_parts_are_deterministic_and_shards_disjoint():
 def test_capture_params_json_ready(tmp_path):
     config = CaptureConfig(model="m", prompts="p", out=str(tmp_path))
     assert json.loads(json.dumps(config.__dict__))["top_k_neurons"] == 500
+
+
+def test_bfloat16_capture_is_close_to_float32(tmp_path):
+    path = build_tiny_model(tmp_path / "bf16", "llama", seed=4)
+    spec = resolve_model(str(path))
+    model32, tok = load_model(spec, "float32")
+    model16, _ = load_model(spec, "bfloat16")
+    assert next(model16.parameters()).dtype == torch.bfloat16
+    prompt = _ids(tok, PROMPTS[0])
+    response = _ids(tok, "so the answer is four apples and two pears left")
+    rows = [force_batch(m, [prompt], [response], pad_id=0, sites=mlp_sites(m), top_k_neurons=30,
+                        row_size=4)[0] for m in (model32, model16)]
+    assert rows[1].rows.masses.dtype == np.float32 and np.isfinite(rows[1].rows.masses).all()
+    agg32 = dict(zip(rows[0].rows.agg_keys.tolist(), rows[0].rows.agg_masses))
+    agg16 = dict(zip(rows[1].rows.agg_keys.tolist(), rows[1].rows.agg_masses))
+    assert len(set(agg32) & set(agg16)) >= 0.8 * len(agg32)
+    for name in rows[0].token_stats:
+        np.testing.assert_allclose(rows[1].token_stats[name], rows[0].token_stats[name],
+                                   rtol=0.1, atol=0.1)
