@@ -1,5 +1,100 @@
-"""``nex score``: being written (see issue 4)."""
+"""``nex score``: score every response and model of an activation store into tables.
+
+    nex score STORE --out TABLES [--engine local|beam|dask] [--calibration per-model|global]
+                    [--weights FILE] [--phases] [--workers N] [--scheduler ADDRESS]
+                    [-- BEAM PIPELINE OPTIONS ...]
+
+The engine modules (and apache_beam / dask) are imported only when the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from .rows_cache import add_method_options, params_from_args
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from ..cli import CommandError
+    from ..engines import run_engine
+    from ..engines.core import ScoreConfig
+
+    if args.weights is not None and args.calibration is not None:
+        raise CommandError(f"--weights: expected no --calibration with it (weights are "
+                           f"given, not learned), got --calibration {args.calibration}")
+    calibration = "weights" if args.weights is not None else (args.calibration or "per-model")
+    if args.engine != "dask" and (args.scheduler is not None or args.workers is not None):
+        raise CommandError(f"--scheduler/--workers: expected only with --engine dask, "
+                           f"got --engine {args.engine}")
+    if args.engine != "beam" and args.engine_args:
+        raise CommandError(f"engine options after '--': expected only with --engine beam, "
+                           f"got {args.engine_args[:3]} with --engine {args.engine}")
+    if args.workers is not None and args.workers < 1:
+        raise CommandError(f"--workers: expected an integer >= 1, got {args.workers}")
+    config = ScoreConfig(store=args.store, params=params_from_args(args),
+                         calibration=calibration, weights_file=args.weights,
+                         phases=args.phases, batch_entries=args.batch_entries)
+    options: dict = {}
+    if args.engine == "beam":
+        options["pipeline_args"] = list(args.engine_args)
+    elif args.engine == "dask":
+        options.update(scheduler=args.scheduler, workers=args.workers)
+    summary = run_engine(args.engine, config, args.out, options)
+    if args.json:
+        print(json.dumps(summary, sort_keys=True, default=str))
+    else:
+        print(f"scored {summary['n_traces']} traces of {len(summary['models'])} model(s) "
+              f"with {args.engine} ({summary['n_units']} units, "
+              f"{summary['timings']['total_s']:.2f} s); tables in {args.out}")
+    return 0
+
+
+class _PassThroughParser(argparse.ArgumentParser):
+    """Parses everything before a ``--``; what follows it goes to ``engine_args`` untouched
+    (argparse alone would try to match it against the positionals)."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = list(args if args is not None else [])
+        passed: list[str] = []
+        if "--" in args:
+            cut = args.index("--")
+            args, passed = args[:cut], args[cut + 1:]
+        namespace, extras = super().parse_known_args(args, namespace)
+        namespace.engine_args = passed
+        return namespace, extras
 
 
 def register(subparsers) -> None:
-    """Registers no subcommand yet."""
+    """Add ``score``: score a store with the local, Beam or Dask engine."""
+    from ..engines.core import DEFAULT_BATCH_ENTRIES
+
+    score = subparsers.add_parser(
+        "score", help="score a store into Parquet tables (local, Beam or Dask engine)",
+        usage="nex score STORE --out TABLES [--engine {local,beam,dask}] [options] "
+              "[-- BEAM_PIPELINE_OPTIONS ...]",
+        description="Learn neuron weights and score every response of STORE; write "
+                    "responses/models/neurons(/phases) Parquet tables and run.json to "
+                    "--out atomically. Options after '--' go to the Beam pipeline "
+                    "untouched (e.g. -- --runner=FlinkRunner --flink_master=HOST:8081).")
+    score.add_argument("store", help="activation store")
+    score.add_argument("--out", required=True, help="tables folder (replaced atomically)")
+    score.add_argument("--engine", choices=("local", "beam", "dask"), default="local",
+                       help="execution engine (default %(default)s)")
+    score.add_argument("--calibration", choices=("per-model", "global"), default=None,
+                       help="per-model: each model learns its own weights on its own traces "
+                            "(default); global: one weight vector over the whole store")
+    score.add_argument("--weights", default=None,
+                       help="score only, with these weights (.npz key 'weights', or .npy)")
+    score.add_argument("--phases", action="store_true",
+                       help="also write phases.parquet (per-row novelty slope, z, E/X)")
+    score.add_argument("--batch-entries", type=int, default=DEFAULT_BATCH_ENTRIES,
+                       help="row entries per work unit (default %(default)s)")
+    score.add_argument("--workers", type=int, default=None,
+                       help="dask: local cluster worker processes (default: CPU count)")
+    score.add_argument("--scheduler", default=None,
+                       help="dask: address of an existing scheduler (tcp://HOST:PORT)")
+    score.add_argument("--json", action="store_true", help="print run.json to stdout")
+    add_method_options(score)
+    score.set_defaults(func=cmd_score, engine_args=[])
+    score.__class__ = _PassThroughParser  # split at '--' before argparse sees the rest

@@ -1,0 +1,115 @@
+"""Benchmark: the scoring engines on one synthetic store (>= 5,000 traces).
+
+Times, end to end on the same store (built once into a cache folder): the in-process core
+(plan + analyse/merge/score loop, no tables), the local engine (with tables), Beam on its
+embedded in-process runner, Dask with one worker and with two workers (local clusters,
+start-up included). Prints traces/s per engine, checks every engine gives the local
+engine's scores, and prints the ratios last. Targets on a 2-core machine: Dask 2 workers
+>= 1.6x Dask 1 worker; each engine's time <= 1.5x the in-process core at one worker.
+
+    .venv/bin/python benchmarks/bench_engines.py [--traces 5000] [--cache DIR]
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+             "BLOSC_NTHREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from pipelines import tables  # noqa: E402
+from pipelines.engines import run_engine  # noqa: E402
+from pipelines.engines.core import ScoreConfig, plan_run  # noqa: E402
+from pipelines.engines.local import compute  # noqa: E402
+from pipelines.engines.synthetic import synthetic_store  # noqa: E402
+
+
+def build_store(cache: Path, n_traces: int, seed: int) -> Path:
+    """The benchmark store, built once per (traces, seed) into ``cache``."""
+    path = cache / f"engines-store-v2-{n_traces}-{seed}"
+    if (path / "manifest.parquet").is_file():
+        return path
+    shutil.rmtree(path, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=cache))
+    start = time.perf_counter()
+    synthetic_store(tmp / "store", n_traces=n_traces, models=("model-a", "model-b"),
+                    traces_per_part=250, min_rows=20, max_rows=70, keys_per_row=300,
+                    n_layers=24, units_per_layer=4096, seed=seed)
+    (tmp / "store").rename(path)
+    shutil.rmtree(tmp, ignore_errors=True)
+    print(f"built {path} in {time.perf_counter() - start:.1f} s")
+    return path
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--traces", type=int, default=5000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cache", default=os.environ.get(
+        "NEX_BENCH_CACHE", str(Path(tempfile.gettempdir()) / "nex-bench-cache")))
+    parser.add_argument("--batch-entries", type=int, default=1 << 19)
+    parser.add_argument("--skip", nargs="*", default=[], help="engines to skip")
+    args = parser.parse_args(argv)
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    store = build_store(cache, args.traces, args.seed)
+    config = ScoreConfig(store=str(store), batch_entries=args.batch_entries)
+    plan = plan_run(config)
+    print(f"store: {plan.n_traces} traces, {plan.store_summary['entries']:,} entries, "
+          f"{plan.store_summary['parts']} parts, {len(plan.units)} units, "
+          f"{os.cpu_count()} CPUs")
+
+    out_root = Path(tempfile.mkdtemp(prefix="nex-bench-engines-"))
+    seconds: dict[str, float] = {}
+    try:
+        start = time.perf_counter()
+        compute(plan_run(config))
+        seconds["core"] = time.perf_counter() - start
+        print(f"{'core (in-process)':<24} {seconds['core']:7.2f} s "
+              f"{plan.n_traces / seconds['core']:9.1f} traces/s", flush=True)
+        runs = [("local", "local", {}), ("beam", "beam", {"pipeline_args": []}),
+                ("dask-1", "dask", {"workers": 1}), ("dask-2", "dask", {"workers": 2})]
+        reference = None
+        for label, engine, options in runs:
+            if label in args.skip or engine in args.skip:
+                continue
+            out = out_root / label
+            start = time.perf_counter()
+            run_engine(engine, config, out, options)
+            seconds[label] = time.perf_counter() - start
+            gmf = tables.read_table(out, "responses")["gmf"].to_numpy()
+            if reference is None:
+                reference = gmf
+            diff = float(np.nanmax(np.abs(gmf - reference)))
+            print(f"{label:<24} {seconds[label]:7.2f} s "
+                  f"{plan.n_traces / seconds[label]:9.1f} traces/s   max |dGMF| {diff:.1e}",
+                  flush=True)
+    finally:
+        shutil.rmtree(out_root, ignore_errors=True)
+
+    print("ratios:")
+    for label in ("local", "beam", "dask-1"):
+        if label in seconds:
+            ratio = seconds[label] / seconds["core"]
+            print(f"  {label} / core time: {ratio:.2f}x (target <= 1.5x)")
+    if "dask-1" in seconds and "dask-2" in seconds:
+        speedup = seconds["dask-1"] / seconds["dask-2"]
+        print(f"  dask 2 workers speed-up over 1 worker: {speedup:.2f}x (target >= 1.6x)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

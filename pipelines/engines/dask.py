@@ -1,0 +1,137 @@
+"""The Dask engine: work units as tasks on a distributed cluster.
+
+By default a :class:`distributed.LocalCluster` of worker processes (one thread each) is
+started for the run; ``scheduler`` connects to an existing cluster instead (a
+``dask scheduler`` with ``dask worker`` processes, a Kubernetes cluster, ...). Each unit
+is one task; per-key credit is merged by a tree reduction on the cluster, the weights
+are computed there from the merged credit, and every unit is then scored by a task that
+depends on them. Everything is a graph of tasks with lineage, so a worker lost mid-run
+only costs the recomputation of what it held. Tables are written with pyarrow on the
+client.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from pathlib import Path
+
+import dask
+from distributed import Client, LocalCluster, wait
+
+from .core import (GLOBAL_KEY, EngineError, RunPlan, ScoreConfig, analyse_unit, calibration_keys,
+                   merge_credit, open_store, score_unit, weights_for_keys, write_results)
+
+#: Inputs merged by one task of the credit tree reduction.
+FAN_IN = 8
+
+
+def _analyse(config: ScoreConfig, unit):
+    return analyse_unit(open_store(config.store), unit, config)
+
+
+def _merge(*items):
+    """Merge unit results or earlier merges into one ``{key: CreditAccumulator}``."""
+    return merge_credit(item if isinstance(item, dict) else item.credit for item in items)
+
+
+def _weights(credit: dict, params, keys: list[str]) -> dict:
+    return weights_for_keys(credit, params, keys)
+
+
+def _score(config: ScoreConfig, result, weights: dict) -> dict:
+    return score_unit(open_store(config.store), result, weights, config)
+
+
+def _phases(result):
+    return result.phases
+
+
+def _raise_first_error(futures) -> None:
+    """Wait for every future; raise the exception of the first erred one in plan order."""
+    wait(futures)
+    for future in futures:
+        if future.status == "error":
+            raise future.exception()
+        if future.status == "cancelled":
+            raise EngineError(f"dask task {future.key}: expected a result, got cancelled "
+                              "(the cluster went away?)")
+
+
+def compute(client: Client, plan: RunPlan):
+    """Submit the run to ``client``; returns ``(credit, weights, responses, phases)``."""
+    config = plan.config
+    run = uuid.uuid4().hex[:8]
+    analysed = [client.submit(_analyse, config, unit, key=f"nex-analyse-{run}-{unit.index}",
+                              pure=False) for unit in plan.units]
+    credit = None
+    if plan.fixed_weights is not None:
+        [weights_future] = client.scatter([{GLOBAL_KEY: plan.fixed_weights}],
+                                          broadcast=True, hash=False)
+    else:
+        level, depth = analysed, 0
+        while len(level) > 1 or depth == 0:
+            level = [client.submit(_merge, *level[i:i + FAN_IN],
+                                   key=f"nex-merge-{run}-{depth}-{i // FAN_IN}", pure=False)
+                     for i in range(0, len(level), FAN_IN)]
+            depth += 1
+        root = level[0]
+        weights_future = client.submit(_weights, root, config.params, calibration_keys(plan),
+                                       key=f"nex-weights-{run}", pure=False)
+    scored = [client.submit(_score, config, f, weights_future,
+                            key=f"nex-score-{run}-{i}", pure=False)
+              for i, f in enumerate(analysed)]
+    phase_futures = ([client.submit(_phases, f, key=f"nex-phases-{run}-{i}", pure=False)
+                      for i, f in enumerate(analysed)] if config.phases else [])
+    _raise_first_error(analysed)
+    _raise_first_error(scored)
+    if plan.fixed_weights is None:
+        credit = root.result()
+    weights = weights_future.result()
+    responses = client.gather(scored)
+    phases = client.gather(phase_futures) if config.phases else None
+    return credit, weights, responses, phases
+
+
+def run(plan: RunPlan, staging: Path, options: dict) -> dict:
+    """Run on a local cluster (``workers`` processes) or at ``scheduler``; write tables."""
+    scheduler = options.pop("scheduler", None)
+    workers = options.pop("workers", None)
+    if options:
+        raise EngineError(f"dask engine options: expected scheduler and workers, "
+                          f"got {sorted(options)}")
+    if scheduler is not None and workers is not None:
+        raise EngineError(f"--workers: expected it only for a local cluster (the cluster at "
+                          f"{scheduler} has its own workers), got {workers}")
+    cluster = None
+    quiet = logging.getLogger("distributed")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # the scheduler of a local cluster logs in this process
+    # Dask sets MALLOC_TRIM_THRESHOLD_=65536 in workers by default; with the core's large
+    # temporary arrays that makes every allocation fault its pages in again (about 1.6x
+    # slower tasks here), so local workers keep the C library's default.
+    environ = {k: v for k, v in dask.config.get("distributed.nanny.pre-spawn-environ").items()
+               if k != "MALLOC_TRIM_THRESHOLD_"}
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+        if scheduler is None:
+            workers = int(workers or os.cpu_count() or 1)
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                   dashboard_address=":0", silence_logs=logging.CRITICAL)
+        try:
+            try:
+                client = Client(cluster if cluster is not None else scheduler,
+                                timeout="30s")
+            except (OSError, TimeoutError) as err:
+                raise EngineError(f"dask scheduler: expected one reachable at {scheduler}, "
+                                  f"got {type(err).__name__}: {err}") from None
+            with client:
+                n_workers = len(client.scheduler_info().get("workers", {}))
+                credit, weights, responses, phases = compute(client, plan)
+        finally:
+            if cluster is not None:
+                cluster.close()
+            quiet.setLevel(level)
+    counts = write_results(staging, plan, responses, credit, weights, phases)
+    return {"runner": "dask.distributed", "scheduler": scheduler or "LocalCluster",
+            "workers": n_workers, **counts}

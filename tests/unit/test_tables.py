@@ -1,0 +1,197 @@
+"""Score tables and the pure parts of the engine core: baselines, tallies, atomic output."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from nex_transforms import NexError
+from pipelines import tables
+from pipelines.engines.core import (BASELINES, DEEPCONF_WINDOW, EngineError, ModelTally,
+                                    ScoreConfig, SparseWeights, _split_part, lowest_group_means,
+                                    merge_tallies, response_baselines, tally_responses)
+
+
+def brute_lowest(values: np.ndarray, window: int) -> float:
+    if values.size == 0:
+        return float("nan")
+    w = min(window, values.size)
+    means = [np.nanmean(values[s:s + w]) if np.isfinite(values[s:s + w]).any() else np.nan
+             for s in range(values.size - w + 1)]
+    return float(np.nanmin(means)) if np.isfinite(means).any() else float("nan")
+
+
+@pytest.mark.parametrize("window", [1, 3, 7, DEEPCONF_WINDOW])
+def test_lowest_group_means_equal_a_brute_force_sliding_window(window):
+    rng = np.random.default_rng(window)
+    lengths = np.array([0, 1, 2, 5, 9, 30, 3, 0, 12])
+    values = rng.normal(size=int(lengths.sum()))
+    values[rng.random(values.size) < 0.1] = np.nan
+    ptr = np.concatenate([[0], np.cumsum(lengths)])
+    got = lowest_group_means(values, ptr, window)
+    want = [brute_lowest(values[a:b], window) for a, b in zip(ptr[:-1], ptr[1:])]
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12, equal_nan=True)
+
+
+def test_deepconf_window_is_2048_tokens_or_the_whole_response():
+    short = np.arange(100, dtype=np.float64)
+    assert lowest_group_means(short, np.array([0, 100]))[0] == pytest.approx(short.mean())
+    long = np.concatenate([np.full(3000, 5.0), np.zeros(2048), np.full(500, 5.0)])
+    assert lowest_group_means(long, np.array([0, long.size]))[0] == 0.0
+
+
+def test_baselines_are_means_and_nan_without_statistics():
+    ptr = np.array([0, 3, 3, 5])
+    stats = {name: (ptr, np.array([1.0, 2.0, 3.0, np.nan, np.nan], np.float32))
+             for name in ("entropy", "self_certainty", "token_logprob", "topk_confidence")}
+    out = response_baselines(stats)
+    assert list(out) == list(BASELINES)
+    for name in BASELINES:
+        assert out[name][0] == pytest.approx(2.0)
+        assert np.isnan(out[name][1]) and np.isnan(out[name][2])
+
+
+def rows(models, gmf, kept, cycles, baseline):
+    n = len(models)
+    out = {"model_id": list(models), "gmf": np.asarray(gmf, float),
+           "n_kept_rows": np.asarray(kept), "n_cycles": np.asarray(cycles),
+           "n_effective_cycles": np.asarray(cycles) // 2,
+           "n_redundant_cycles": np.asarray(cycles) - np.asarray(cycles) // 2}
+    for name in BASELINES:
+        out[name] = np.asarray(baseline, float)
+    assert all(len(v) == n for v in out.values())
+    return out
+
+
+def test_model_tallies_merge_to_the_tally_of_all_rows():
+    all_rows = rows(["a", "b", "a", "a", "b"], [0.5, np.nan, 0.25, 1.0, 0.0],
+                    [5, 0, 4, 2, 7], [2, 0, 1, 0, 3], [1.0, np.nan, 2.0, 3.0, 4.0])
+    whole = tally_responses(all_rows, min_rows=3)
+    halves = [tally_responses({k: v[:2] for k, v in all_rows.items()}, 3),
+              tally_responses({k: v[2:] for k, v in all_rows.items()}, 3)]
+    assert merge_tallies(halves) == merge_tallies(halves[::-1]) == whole
+    a, b = whole["a"], whole["b"]
+    assert (a.n_responses, a.n_scored, a.n_skipped, a.n_cycles) == (3, 3, 1, 3)
+    assert a.nex == pytest.approx(np.mean([0.5, 0.25, 1.0]))
+    assert (b.n_responses, b.n_scored, b.n_skipped) == (2, 1, 1)
+    assert b.baseline_means()["mean_entropy"] == 4.0
+    assert np.isnan(ModelTally().nex)
+
+
+def test_split_part_keeps_whole_traces_and_covers_the_part():
+    entries = np.array([5, 5, 30, 1, 1, 1, 8])
+    splits = _split_part(entries, 10)
+    assert splits[0][0] == 0 and splits[-1][1] == entries.size
+    assert all(a < b for a, b in splits)
+    assert all(splits[i][1] == splits[i + 1][0] for i in range(len(splits) - 1))
+    assert all(entries[a:b].sum() <= 10 or b - a == 1 for a, b in splits)
+
+
+def test_sparse_weights_round_trip():
+    dense = np.zeros(1 << 22, np.float32)
+    dense[[3, 70000, (5 << 16) | 9]] = [0.5, -0.25, 1.0]
+    sparse = SparseWeights.from_dense(dense)
+    np.testing.assert_array_equal(sparse.dense(), dense)
+    assert (sparse.n_nonzero, sparse.n_positive, sparse.n_negative) == (3, 2, 1)
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    ({"calibration": "mixed"}, "calibration: expected one of"),
+    ({"calibration": "weights"}, "weights file: expected one exactly"),
+    ({"weights_file": "w.npz"}, "weights file: expected one exactly"),
+    ({"batch_entries": 0}, "batch_entries: expected an integer >= 1"),
+])
+def test_score_config_is_validated(kwargs, fragment):
+    with pytest.raises(EngineError, match=fragment):
+        ScoreConfig(store="s", **kwargs)
+
+
+def test_tables_have_their_documented_columns():
+    assert tables.schema("responses").names == [
+        "trace_id", "prompt_id", "sample_index", "model_id", "gmf", "n_rows", "n_kept_rows",
+        "n_explore_rows", "n_cycles", "n_effective_cycles", "n_redundant_cycles",
+        "response_tokens", *BASELINES]
+    assert tables.schema("neurons").names == ["model_id", "key", "layer", "unit", "eff", "red",
+                                              "weight"]
+    assert tables.schema("phases").names == ["trace_id", "model_id", "row", "novelty_slope",
+                                             "z", "label"]
+    models = tables.schema("models").names
+    assert {"model_id", "nex", "log_gap", "n_responses", "n_scored", "n_skipped",
+            "n_nonzero_weights", "calibration", *BASELINES} <= set(models)
+    empty = tables.to_table("neurons", {})
+    assert empty.num_rows == 0 and empty.schema.names == tables.schema("neurons").names
+    with pytest.raises(tables.TablesError):
+        tables.schema("other")
+
+
+def test_nan_is_stored_as_nan_not_null(tmp_path):
+    table = tables.to_table("phases", {"trace_id": ["t"], "model_id": ["m"], "row": [0],
+                                       "novelty_slope": [np.nan], "z": [1.0], "label": ["E"]})
+    tables.write_table(tmp_path / "phases.parquet", table)
+    (tmp_path / "run.json").write_text("{}")
+    back = tables.read_table(tmp_path, "phases")
+    assert back["novelty_slope"].null_count == 0
+    assert np.isnan(back["novelty_slope"].to_numpy()[0])
+
+
+def test_staged_output_publishes_only_complete_folders(tmp_path):
+    out = tmp_path / "tables"
+    with tables.staged_output(out) as staging:
+        (staging / "run.json").write_text(json.dumps({"n": 1}))
+        assert not out.exists()
+    assert json.loads((out / "run.json").read_text()) == {"n": 1}
+
+    with pytest.raises(RuntimeError):
+        with tables.staged_output(out) as staging:
+            (staging / "run.json").write_text(json.dumps({"n": 2}))
+            raise RuntimeError("engine failed")
+    assert json.loads((out / "run.json").read_text()) == {"n": 1}   # untouched
+
+    with tables.staged_output(out) as staging:                     # a rerun replaces it
+        (staging / "run.json").write_text(json.dumps({"n": 3}))
+    assert json.loads((out / "run.json").read_text()) == {"n": 3}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tables"]  # no leftovers
+
+
+def test_staged_output_refuses_a_folder_that_is_not_a_tables_folder(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "precious.txt").write_text("keep")
+    with pytest.raises(tables.TablesError, match="expected a new, empty or earlier tables"):
+        with tables.staged_output(tmp_path / "data"):
+            pass
+    assert (tmp_path / "data" / "precious.txt").read_text() == "keep"
+    assert issubclass(tables.TablesError, NexError)
+
+
+def test_cli_and_core_never_import_engine_libraries():
+    import subprocess
+    import sys
+
+    code = ("import sys, pipelines.cli as c; c.build_parser(); "
+            "import pipelines.engines, pipelines.engines.core, pipelines.engines.local, "
+            "pipelines.tables; "
+            "print(sorted(m for m in ('apache_beam', 'dask', 'distributed') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_engine_adapters_never_import_each_other():
+    import ast
+    from pathlib import Path
+
+    import pipelines.engines as engines
+
+    folder = Path(engines.__file__).parent
+    siblings = {"local", "beam", "dask"}
+    for name in siblings:
+        tree = ast.parse((folder / f"{name}.py").read_text())
+        imported = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module:
+                imported.add(node.module.split(".")[0])
+            if isinstance(node, ast.ImportFrom) and node.module and \
+                    node.module.startswith("pipelines.engines."):
+                imported.add(node.module.split(".")[2])
+        assert not (imported & (siblings - {name})), (name, imported)
