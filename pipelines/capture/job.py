@@ -287,7 +287,7 @@ def run_capture(config: CaptureConfig,
         if config.responses else None
     spec = resolve_model(config.model, config.model_id, config.revision)
     if model_and_tokenizer is None:
-        model, tokenizer = load_model(spec, config.dtype, config.device)
+        model, tokenizer = load_model(spec, config.dtype, config.device, config.progress)
     else:
         model, tokenizer = model_and_tokenizer
     all_sites = mlp_sites(model)

