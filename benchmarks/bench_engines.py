@@ -7,7 +7,7 @@ start-up included). Prints traces/s per engine, checks every engine gives the lo
 engine's scores, and prints the ratios last. Targets on a 2-core machine: Dask 2 workers
 >= 1.6x Dask 1 worker; each engine's time <= 1.5x the in-process core at one worker.
 
-    .venv/bin/python benchmarks/bench_engines.py [--traces 5000] [--cache DIR]
+    .venv/bin/python benchmarks/bench_engines.py [--traces 10000] [--cache DIR]
 """
 
 from __future__ import annotations
@@ -56,16 +56,23 @@ def build_store(cache: Path, n_traces: int, seed: int) -> Path:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--traces", type=int, default=5000)
+    parser.add_argument("--traces", type=int, default=10000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", default=os.environ.get(
         "NEX_BENCH_CACHE", str(Path(tempfile.gettempdir()) / "nex-bench-cache")))
-    parser.add_argument("--batch-entries", type=int, default=1 << 19)
+    parser.add_argument("--batch-entries", type=int, default=1 << 20)
     parser.add_argument("--skip", nargs="*", default=[], help="engines to skip")
     args = parser.parse_args(argv)
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
     store = build_store(cache, args.traces, args.seed)
+    for path in store.rglob("*"):  # warm the page cache so the first engine pays no I/O
+        if path.is_file():
+            path.read_bytes()
+    load = os.getloadavg()[0]
+    if load > 0.5:
+        print(f"warning: load average {load:.2f} before the runs; other processes compete "
+              "for the cores and the ratios will be off")
     config = ScoreConfig(store=str(store), batch_entries=args.batch_entries)
     plan = plan_run(config)
     print(f"store: {plan.n_traces} traces, {plan.store_summary['entries']:,} entries, "
@@ -100,6 +107,7 @@ def main(argv=None) -> int:
     finally:
         shutil.rmtree(out_root, ignore_errors=True)
 
+    print(f"load average after the runs: {os.getloadavg()[0]:.2f}")
     print("ratios:")
     for label in ("local", "beam", "dask-1"):
         if label in seconds:

@@ -167,9 +167,17 @@ class SparseWeights:
         return cls(keys, weights[keys].astype(np.float32))
 
     def dense(self) -> np.ndarray:
+        """The dense float32 vector over the 2^22 key space (a fresh array)."""
         weights = np.zeros(KEY_SPACE, np.float32)
         weights[self.keys] = self.values
         return weights
+
+    def token(self) -> str:
+        """A digest of the keys and values (equal weights give equal tokens)."""
+        digest = hashlib.blake2b(digest_size=16)
+        digest.update(np.ascontiguousarray(self.keys, np.uint32).tobytes())
+        digest.update(np.ascontiguousarray(self.values, np.float32).tobytes())
+        return digest.hexdigest()
 
     @property
     def n_nonzero(self) -> int:
@@ -182,6 +190,24 @@ class SparseWeights:
     @property
     def n_negative(self) -> int:
         return int((self.values < 0).sum())
+
+
+#: Dense weight vectors built in this process, by :meth:`SparseWeights.token` (a few
+#: models' worth: 16 MiB each).
+_DENSE_CACHE: dict[str, np.ndarray] = {}
+_DENSE_CACHE_SIZE = 8
+
+
+def dense_weights(weights: SparseWeights) -> np.ndarray:
+    """The dense vector of ``weights``, built once per process (treat as read-only)."""
+    token = weights.token()
+    dense = _DENSE_CACHE.pop(token, None)
+    if dense is None:
+        dense = weights.dense()
+    _DENSE_CACHE[token] = dense  # most recent last
+    while len(_DENSE_CACHE) > _DENSE_CACHE_SIZE:
+        _DENSE_CACHE.pop(next(iter(_DENSE_CACHE)))
+    return dense
 
 
 @dataclass(frozen=True)
@@ -206,12 +232,15 @@ class UnitResult:
         credit: calibration key -> credit of the unit's traces of that key.
         stats: per-trace columns (unit order): identity, counts, cycles, baselines.
         phases: per kept row columns, or None when phases were not asked for.
+        aggregates: the unit's whole-response aggregates, kept for scoring (about a
+            sixth of the unit's row data; None: :func:`score_unit` reads them again).
     """
 
     unit: WorkUnit
     credit: dict
     stats: dict
     phases: dict | None
+    aggregates: Aggregates | None = None
 
 
 # --------------------------------------------------------------------------- planning
@@ -540,7 +569,7 @@ def analyse_unit(store, unit: WorkUnit, config: ScoreConfig) -> UnitResult:
     phases = None
     if config.phases:
         phases = _phase_columns(unit, phase_parts)
-    return UnitResult(unit, credit, stats, phases)
+    return UnitResult(unit, credit, stats, phases, corpus.aggregates)
 
 
 def _phase_columns(unit: WorkUnit, parts: list) -> dict:
@@ -610,14 +639,16 @@ def score_unit(store, result: UnitResult, weights: dict, config: ScoreConfig) ->
     """Response rows of one analysed unit: its statistics plus the GMF of every trace,
     scored with the weights of the trace's calibration key (``{key: SparseWeights}``)."""
     unit = result.unit
-    aggregates, _ = read_unit(store, unit, aggregates_only=True)
+    aggregates = result.aggregates
+    if aggregates is None:
+        aggregates, _ = read_unit(store, unit, aggregates_only=True)
     gmf = np.full(unit.n_traces, np.nan)
     for key, positions in _key_groups(config, unit.meta["model_id"]).items():
         if key not in weights:
             raise EngineError(f"weights: expected a vector for calibration key {key!r}, "
                               f"got keys {sorted(weights)[:5]}")
         sub = aggregates if positions.size == unit.n_traces else aggregates.select(positions)
-        gmf[positions] = good_mass_fraction(sub, weights[key].dense())
+        gmf[positions] = good_mass_fraction(sub, dense_weights(weights[key]))
     rows = dict(result.stats)
     rows["gmf"] = gmf
     return rows
@@ -779,7 +810,7 @@ def write_results(staging: Path, plan: RunPlan, response_parts: list, credit: di
 __all__ = [
     "BASELINES", "BatchReadError", "CALIBRATIONS", "calibration_keys", "DEEPCONF_WINDOW", "DEFAULT_BATCH_ENTRIES",
     "EngineError", "GLOBAL_KEY", "ModelTally", "RunPlan", "ScoreConfig", "SparseWeights",
-    "UnitResult", "WorkUnit", "analyse_unit", "concat_columns", "finalize_weights",
+    "UnitResult", "WorkUnit", "analyse_unit", "concat_columns", "dense_weights", "finalize_weights",
     "lowest_group_means", "merge_credit", "merge_tallies", "model_columns", "neuron_columns",
     "open_store", "plan_run", "plan_weights", "read_unit", "response_baselines", "score_unit",
     "tally_responses", "weights_for_keys", "write_results",

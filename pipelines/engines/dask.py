@@ -31,9 +31,14 @@ def _analyse(config: ScoreConfig, unit):
     return analyse_unit(open_store(config.store), unit, config)
 
 
-def _merge(*items):
-    """Merge unit results or earlier merges into one ``{key: CreditAccumulator}``."""
-    return merge_credit(item if isinstance(item, dict) else item.credit for item in items)
+def _credit(result) -> dict:
+    """The credit of a unit result (runs where the result is; only this moves on)."""
+    return result.credit
+
+
+def _merge(*parts: dict) -> dict:
+    """Merge ``{key: CreditAccumulator}`` dicts into one."""
+    return merge_credit(parts)
 
 
 def _weights(credit: dict, params, keys: list[str]) -> dict:
@@ -70,7 +75,9 @@ def compute(client: Client, plan: RunPlan):
         [weights_future] = client.scatter([{GLOBAL_KEY: plan.fixed_weights}],
                                           broadcast=True, hash=False)
     else:
-        level, depth = analysed, 0
+        level = [client.submit(_credit, f, key=f"nex-credit-{run}-{i}", pure=False)
+                 for i, f in enumerate(analysed)]
+        depth = 0
         while len(level) > 1 or depth == 0:
             level = [client.submit(_merge, *level[i:i + FAN_IN],
                                    key=f"nex-merge-{run}-{depth}-{i // FAN_IN}", pure=False)
@@ -116,8 +123,14 @@ def run(plan: RunPlan, staging: Path, options: dict) -> dict:
     with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
         if scheduler is None:
             workers = int(workers or os.cpu_count() or 1)
-            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                   dashboard_address=":0", silence_logs=logging.CRITICAL)
+            try:
+                cluster = LocalCluster(n_workers=workers, threads_per_worker=1,
+                                       processes=True, dashboard_address=":0",
+                                       silence_logs=logging.CRITICAL)
+            except (RuntimeError, OSError, TimeoutError) as err:
+                quiet.setLevel(level)
+                raise EngineError(f"dask local cluster: expected {workers} worker processes "
+                                  f"started, got {type(err).__name__}: {err}") from None
         try:
             try:
                 client = Client(cluster if cluster is not None else scheduler,

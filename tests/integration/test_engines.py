@@ -264,8 +264,9 @@ def test_given_weights_score_like_the_learned_ones(store, local, tmp_path):
     path = tmp_path / "w.npz"
     np.savez(path, weights=weights)
     outs = [score(store, tmp_path / engine, "--weights", str(path), "--engine", engine)
-            for engine in ("local", "dask")]
+            for engine in ("local", "dask", "beam")]
     assert max_table_diff(outs[0], outs[1]) <= TOLERANCE
+    assert max_table_diff(outs[0], outs[2]) <= TOLERANCE
     learned = tables.read_table(local["per-model"], "responses")
     given = tables.read_table(outs[0], "responses")
     is_a = np.array(learned["model_id"].to_pylist()) == "model-a"
