@@ -39,8 +39,12 @@ def register(subparsers) -> None:
     """Register ``nex capture``."""
     p = subparsers.add_parser(
         "capture", help="generate (or teacher-force) responses and store sparse MLP rows",
-        description="Turn prompts and a model into traces in an activation store. Resumable: "
-                    "rerun with the same arguments to finish a killed capture.")
+        description="Turn prompts and a model into traces in an activation store: per row of "
+                    "--row-size response tokens the top --top-k-neurons (token, neuron) MLP "
+                    "activations (positive only, summed per neuron), a whole-response aggregate "
+                    "and per-token logit statistics. Responses stop at EOS (not stored) or "
+                    "--max-new-tokens. Resumable: rerun with the same arguments to finish a "
+                    "killed capture; disjoint --shard values may write one store at once.")
     p.add_argument("--model", required=True,
                    help="smollm2-135m, qwen2.5-0.5b, a .gguf file, a Hugging Face model "
                         "directory or hub id")

@@ -82,10 +82,10 @@ def test_smollm2_gsm8k_capture_gives_a_finite_nex(tmp_path, capsys):
                       corpus.aggregates.masses[a0:a1].astype(np.float64)))
     fresh = dict(zip(forced.rows.agg_keys.tolist(), forced.rows.agg_masses.astype(np.float64)))
     shared = set(stored) & set(fresh)
-    assert len(shared) >= 0.97 * max(len(stored), len(fresh))
+    assert len(shared) >= 0.99 * max(len(stored), len(fresh))
     total = sum(fresh.values())
     diff = sum(abs(stored.get(k, 0.0) - fresh.get(k, 0.0)) for k in set(stored) | set(fresh))
-    assert diff <= 0.01 * total
+    assert diff <= 2e-3 * total  # float16 storage
     for name in TOKEN_STAT_NAMES:
         np.testing.assert_allclose(forced.token_stats[name], stats[name][1][ptr[t]:ptr[t + 1]],
                                    rtol=2e-3, atol=2e-3, err_msg=name)
