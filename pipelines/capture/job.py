@@ -280,6 +280,9 @@ def run_capture(config: CaptureConfig,
 
     started = time.perf_counter()
     shard = parse_shard(config.shard)
+    if config.mode == "sample" and config.temperature == 0 and config.samples > 1:
+        print("nex: note: --temperature 0 is greedy: every sample of a prompt is the same",
+              file=sys.stderr)
     prompts = load_prompts(config.prompts, id_column=config.id_column,
                            prompt_column=config.prompt_column, answer_column=config.answer_column,
                            hash_ids=config.hash_ids, limit=config.limit)
