@@ -59,4 +59,4 @@ def log_gap(nex: float) -> float:
     """Readable form of NEX: ``-log10(max(1 - clip(nex, 0, 1), 1e-12))``."""
     if not np.isfinite(nex):
         return float("nan")
-    return float(-np.log10(max(1.0 - min(max(nex, 0.0), 1.0), 1e-12)))
+    return float(-np.log10(max(1.0 - min(max(nex, 0.0), 1.0), 1e-12))) + 0.0  # no -0.0

@@ -2,8 +2,15 @@
 
 Stages (each prints what it did and writes into ``--out``):
 
-1. the published reference example: NEX with the published weights and self-calibrated;
-2. a synthetic corpus with bursts of exploration: self-calibrated NEX and its spread.
+1. capture: a shipped real model (SmolLM2-135M) samples a few responses to a handful of
+   GSM8K prompts; MLP neurons and logit statistics go to ``OUT/store`` (resumable);
+2. verify the store's invariants;
+3. score the store with the local, Beam and Dask engines into ``OUT/tables-<engine>``
+   and check that they agree; print the models table;
+4. the published reference example: NEX with the published weights and self-calibrated;
+5. a synthetic corpus with bursts of exploration, with and without the EM extension.
+
+Everything lands in ``OUT/report.json``.
 
     python -m pipelines.demo --out demo-output
 """
@@ -26,6 +33,61 @@ from .synthetic import SyntheticSpec, synthetic_corpus
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / \
     "nex-reference-example"
+ENGINES = ("local", "beam", "dask")
+
+
+def _nex(argv: list[str]) -> None:
+    from .cli import main
+    status = main(argv)
+    if status != 0:
+        raise SystemExit(f"demo: `nex {' '.join(argv)}` failed with exit status {status}")
+
+
+def capture_stage(out: Path, args: argparse.Namespace) -> Path:
+    store = out / "store"
+    argv = ["capture", "--model", args.model, "--prompts", args.prompts,
+            "--limit", str(args.limit), "--samples", str(args.samples),
+            "--max-new-tokens", str(args.max_new_tokens), "--seed", str(args.seed),
+            "--batch-size", str(args.batch_size), "--row-size", str(args.row_size),
+            "--out", str(store)]
+    print(f"$ nex {' '.join(argv)}")
+    _nex(argv)
+    _nex(["store", "verify", str(store)])
+    return store
+
+
+def score_stage(store: Path, out: Path, engines: list[str]) -> dict:
+    import pyarrow.parquet as pq
+
+    tables = {}
+    for engine in engines:
+        folder = out / f"tables-{engine}"
+        start = time.perf_counter()
+        _nex(["score", str(store), "--engine", engine, "--out", str(folder)])
+        tables[engine] = {
+            "seconds": time.perf_counter() - start,
+            "models": pq.read_table(folder / "models.parquet").to_pylist(),
+            "gmf": pq.read_table(folder / "responses.parquet",
+                                 columns=["trace_id", "gmf"]).to_pydict(),
+        }
+    first = tables[engines[0]]
+    for engine in engines[1:]:
+        if tables[engine]["gmf"]["trace_id"] != first["gmf"]["trace_id"]:
+            raise SystemExit(f"demo: {engine} scored other traces than {engines[0]}")
+        diff = np.nanmax(np.abs(np.asarray(tables[engine]["gmf"]["gmf"], float)
+                                - np.asarray(first["gmf"]["gmf"], float)), initial=0.0)
+        tables[engine]["max_abs_gmf_diff_vs_" + engines[0]] = float(diff)
+        if diff > 1e-6:
+            raise SystemExit(f"demo: {engine} and {engines[0]} disagree by {diff:.3g}")
+    print("models table:")
+    for row in first["models"]:
+        print(f"  {row['model_id']}: NEX {row['nex']:.5f} (log-gap {row['log_gap']:.4f}) over "
+              f"{row['n_scored']} responses; {row['n_cycles']} cycles; mean entropy "
+              f"{row['mean_entropy']:.3f}, self-certainty {row['mean_self_certainty']:.3f}, "
+              f"DeepConf {row['deepconf_mean_confidence']:.3f}")
+    print("engines agree: " + ", ".join(
+        f"{e} {tables[e]['seconds']:.1f} s" for e in engines))
+    return {e: {k: v for k, v in t.items() if k != "gmf"} for e, t in tables.items()}
 
 
 def reference_stage(reference: Path) -> dict:
@@ -64,17 +126,41 @@ def synthetic_stage(n_traces: int, seed: int, params: NexParams | None = None) -
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Run the NEX demo end to end.")
     parser.add_argument("--out", default="demo-output", help="folder for the results")
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--prompts", default="gsm8k")
+    parser.add_argument("--limit", type=int, default=5, help="prompts to capture")
+    parser.add_argument("--samples", type=int, default=4, help="responses per prompt")
+    parser.add_argument("--max-new-tokens", type=int, default=288)
+    parser.add_argument("--batch-size", type=int, default=6)
+    parser.add_argument("--row-size", type=int, default=8,
+                        help="tokens per row; the small model's answers are short (~150 "
+                             "tokens), so rows of 8 give each response enough rows for "
+                             "E/X cycles (the method's default is 32)")
+    parser.add_argument("--engines", default=",".join(ENGINES),
+                        help="comma-separated engines to score with")
+    parser.add_argument("--skip-capture", action="store_true",
+                        help="skip the real-model stages (capture and engines)")
     parser.add_argument("--reference", default=str(REFERENCE),
                         help="the published reference example folder")
     parser.add_argument("--synthetic-traces", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    report: dict = {}
+    report: dict = {"arguments": vars(args)}
+
+    if not args.skip_capture:
+        store = capture_stage(out, args)
+        engines = [e for e in args.engines.split(",") if e]
+        report["store"] = str(store)
+        report["engines"] = score_stage(store, out, engines)
 
     reference = Path(args.reference)
     if reference.is_dir():
@@ -95,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  extension (EM-fitted sticky HMM per trace): NEX {ext['nex']:.5f}, "
           f"{ext['cycles']} cycles, {ext['seconds']:.2f} s")
 
-    atomic_write_json(out / "report.json", report)
+    atomic_write_json(out / "report.json", json.loads(json.dumps(report, default=str)))
     print(f"report written to {out / 'report.json'}")
     return 0
 
