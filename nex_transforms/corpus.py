@@ -14,7 +14,7 @@ import numpy as np
 
 from .errors import CorpusError, expected
 from .params import KEY_SPACE, RESERVED_LAYER, UNIT_BITS
-from .segments import ranges
+from .segments import ranges, segment_sums
 
 
 def _as_pointer(name: str, values, n_items: int | None = None) -> np.ndarray:
@@ -233,16 +233,6 @@ def sanitise_masses(keys: np.ndarray, masses: np.ndarray) -> tuple[np.ndarray | 
         clean[~np.isfinite(clean)] = 0.0
         np.maximum(clean, 0.0, out=clean)
     return keep, clean
-
-
-def segment_sums(values: np.ndarray, ptr: np.ndarray) -> np.ndarray:
-    """Sum of ``values[ptr[i]:ptr[i+1]]`` for every segment (0 for empty ones)."""
-    counts = np.diff(ptr)
-    out = np.zeros(counts.size)
-    nonempty = counts > 0
-    if values.size and nonempty.any():
-        out[nonempty] = np.add.reduceat(values, ptr[:-1][nonempty])
-    return out
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,7 @@ from .errors import CorpusError, expected
 from .novelty import KeyIndex, Novelty, novelty
 from .params import KEY_SPACE, NexParams
 from .segmentation import Segmentation, segment
-from .corpus import segment_sums
-from .segments import grouped_median, ranges, run_starts
+from .segments import grouped_median, run_starts, segment_sums
 
 
 @dataclass(frozen=True)

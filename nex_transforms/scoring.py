@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .corpus import Aggregates, sanitise_masses, segment_sums
+from .corpus import Aggregates, sanitise_masses
+from .segments import segment_sums
 from .errors import WeightsError, expected
 from .params import KEY_SPACE
 

@@ -77,3 +77,13 @@ def ranges(starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
         return np.zeros(0, np.int64)
     offsets = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
     return np.arange(total, dtype=np.int64) + offsets
+
+
+def segment_sums(values: np.ndarray, ptr: np.ndarray) -> np.ndarray:
+    """Sum of ``values[ptr[i]:ptr[i+1]]`` for every segment (0 for empty ones)."""
+    counts = np.diff(ptr)
+    out = np.zeros(counts.size)
+    nonempty = counts > 0
+    if values.size and nonempty.any():
+        out[nonempty] = np.add.reduceat(values, ptr[:-1][nonempty])
+    return out
