@@ -31,9 +31,8 @@ import numpy as np
 
 from nex_transforms import (Aggregates, CreditAccumulator, NexError, NexParams, RowCorpus,
                             analyse, good_mass_fraction, log_gap)
-from nex_transforms.corpus import segment_sums
 from nex_transforms.params import KEY_SPACE, UNIT_BITS
-from nex_transforms.segments import ranges
+from nex_transforms.segments import ranges, segment_sums
 
 from ..records import TOKEN_STAT_NAMES
 
