@@ -40,6 +40,8 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_core.py
+	$(PY) benchmarks/bench_capture.py
+	$(PY) benchmarks/bench_engines.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

@@ -323,7 +323,7 @@ def plan_run(config: ScoreConfig) -> RunPlan:
     fingerprint, summaries = _fingerprint(store, table)
     fixed = None
     if config.calibration == "weights":
-        from ..commands.rows_cache import load_weights
+        from ..weights_io import load_weights
 
         fixed = SparseWeights.from_dense(load_weights(config.weights_file))
     models = tuple(sorted(set(table["model_id"].to_pylist())))
