@@ -118,8 +118,11 @@ def run(plan: RunPlan, staging: Path, options: dict) -> dict:
     # Dask sets MALLOC_TRIM_THRESHOLD_=65536 in workers by default; with the core's large
     # temporary arrays that makes every allocation fault its pages in again (about 1.6x
     # slower tasks here), so local workers keep the C library's default.
+    # Each local worker is one process with one thread on one core, so zarr decodes its
+    # chunks on that thread too (its default pool would oversubscribe the cores).
     environ = {k: v for k, v in dask.config.get("distributed.nanny.pre-spawn-environ").items()
                if k != "MALLOC_TRIM_THRESHOLD_"}
+    environ.setdefault("ZARR_THREADING__MAX_WORKERS", "1")
     with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
         if scheduler is None:
             workers = int(workers or os.cpu_count() or 1)
