@@ -82,7 +82,8 @@ def test_analysis_never_breaks_on_messy_input(seed):
     corpus = small_corpus(seed, n_traces=6, max_rows=12, dupes=True, bad=True)
     acc = accumulate(corpus)
     weights = acc.finalize()
-    assert np.all(np.abs(weights) < 1)
+    # tanh is < 1 in exact arithmetic; large credit ratios round to +-1.0 in float32
+    assert np.all(np.abs(weights) <= 1)
     gmf = score_corpus(corpus, weights).gmf
     assert gmf.shape == (corpus.n_traces,)
     finite = gmf[np.isfinite(gmf)]
