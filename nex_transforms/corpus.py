@@ -14,7 +14,7 @@ import numpy as np
 
 from .errors import CorpusError, expected
 from .params import KEY_SPACE, RESERVED_LAYER, UNIT_BITS
-from .segments import ranges, segment_sums
+from .segments import kept_pointer, ranges, segment_sums
 
 
 def _as_pointer(name: str, values, n_items: int | None = None) -> np.ndarray:
@@ -307,10 +307,8 @@ def kept_rows(corpus: RowCorpus, min_rows: int) -> KeptRows:
     entry_ptr = corpus.row_entry_ptr
     keys = corpus.keys
     if live is not None:
-        entry_row = np.repeat(np.arange(n_rows), np.diff(entry_ptr))
         keys, clean = keys[live], clean[live]
-        entry_ptr = np.concatenate([[0], np.cumsum(np.bincount(entry_row[live],
-                                                               minlength=n_rows))])
+        entry_ptr = kept_pointer(entry_ptr, live)
     if not rows_sorted_unique(keys, entry_ptr):
         keys, clean, entry_ptr = sort_unique_rows(keys, clean, entry_ptr)
     n_keys = np.diff(entry_ptr)

@@ -122,10 +122,10 @@ def novelty(rows: KeptRows, key_index: KeyIndex | None = None) -> Novelty:
                        entry_row, empty, np.zeros(0, np.uint32))
     if key_index is None:
         key_index = KeyIndex.build(rows.keys)
-    key_id, key_values = key_index.ids(rows.keys), key_index.values
+    key_id = key_index.ids(rows.keys)
     # keys are unique within a kept row, so each new entry is one new key
-    first = first_rows(key_id, key_values.size, entry_row, rows.entry_ptr, rows.trace_ptr)
+    first = first_rows(key_id, key_index.size, entry_row, rows.entry_ptr, rows.trace_ptr)
     is_new = first == entry_row
     new_counts = np.add.reduceat(is_new, rows.entry_ptr[:-1], dtype=np.int64)
     slopes = new_counts / rows.row_tokens
-    return Novelty(new_counts, slopes, first, is_new, entry_row, key_id, key_values)
+    return Novelty(new_counts, slopes, first, is_new, entry_row, key_id, key_index.values)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .corpus import Aggregates, sanitise_masses
-from .segments import segment_sums
+from .segments import kept_pointer, segment_sums
 from .errors import WeightsError, expected
 from .params import KEY_SPACE
 
@@ -35,10 +35,8 @@ def good_mass_fraction(aggregates: Aggregates, weights: np.ndarray) -> np.ndarra
     keep, masses = sanitise_masses(aggregates.keys, aggregates.masses)
     keys, ptr = aggregates.keys, aggregates.row_ptr
     if keep is not None:
-        owner = np.repeat(np.arange(aggregates.n_traces), np.diff(ptr))
         masses, keys = masses[keep], keys[keep]
-        ptr = np.concatenate([[0], np.cumsum(np.bincount(owner[keep],
-                                                         minlength=aggregates.n_traces))])
+        ptr = kept_pointer(ptr, keep)
     w = np.take(weights, keys, mode="clip").astype(np.float64)
     good = segment_sums(masses * np.maximum(w, 0.0), ptr)
     total = segment_sums(masses * np.abs(w), ptr)

@@ -87,3 +87,10 @@ def segment_sums(values: np.ndarray, ptr: np.ndarray) -> np.ndarray:
     if values.size and nonempty.any():
         out[nonempty] = np.add.reduceat(values, ptr[:-1][nonempty])
     return out
+
+
+def kept_pointer(ptr: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """The CSR pointer over ``ptr``'s segments after dropping the entries where ``keep`` is False."""
+    owner = segment_ids(ptr)
+    counts = np.bincount(owner[keep], minlength=ptr.size - 1)
+    return np.concatenate([[0], np.cumsum(counts)])
