@@ -58,6 +58,7 @@ class CaptureConfig:
     answer_column: str | None = None
     hash_ids: bool = False
     progress: bool = True
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         positive = {"samples": self.samples, "max_new_tokens": self.max_new_tokens,
@@ -234,6 +235,63 @@ def _part_done(store, part: Part, model_id: str, existing: set[str]) -> bool:
     return all(trace_id(model_id, j.prompt.prompt_id, j.sample_index) in existing for j in part.jobs)
 
 
+#: Key of a part's extra metadata recording what each trace was captured from.
+INPUTS_KEY = "inputs"
+
+
+def _sha(text: str | None) -> str | None:
+    return None if text is None else hashlib.sha256(text.encode()).hexdigest()
+
+
+def job_inputs(job: Job, prompt_format: str) -> dict:
+    """What a trace is captured from, as digests: the prompt text (its few-shot form when
+    that is what the model sees) and the given response (None when sampled)."""
+    prompt = job.prompt.fewshot if (prompt_format == "fewshot" and job.prompt.fewshot) \
+        else job.prompt.text
+    return {"prompt_text": _sha(prompt),
+            "given_response": _sha(job.response.text if job.response else None)}
+
+
+def check_resume(store, parts: list[Part], model_id: str, prompt_format: str,
+                 overwrite: bool) -> list[str]:
+    """Compare the inputs of the planned traces with what the store's parts were written
+    with; refuse a difference (naming the trace and field) unless ``overwrite``.
+
+    Returns the parts to remove before capturing (with ``overwrite``). Traces written
+    without recorded inputs (by other tools) are not compared.
+    """
+    recorded: dict[str, tuple[str, dict]] = {}
+    for name, summary in store.part_summaries().items():
+        inputs = (summary.get("extra_metadata") or {}).get(INPUTS_KEY) or {}
+        for tid, digests in inputs.items():
+            recorded[tid] = (name, digests)
+    stale: list[str] = []
+    for part in parts:
+        for job in part.jobs:
+            tid = trace_id(model_id, job.prompt.prompt_id, job.sample_index)
+            if tid not in recorded:
+                continue
+            written_in, old = recorded[tid]
+            new = job_inputs(job, prompt_format)
+            for field_name in ("prompt_text", "given_response"):
+                if old.get(field_name) == new[field_name]:
+                    continue
+                if overwrite:
+                    if written_in not in stale:
+                        stale.append(written_in)
+                    break
+                what = {"prompt_text": "prompt text", "given_response": "given response"}
+                was = "none (sampled)" if old.get(field_name) is None else \
+                    f"sha256 {old[field_name][:12]}"
+                now = "none (sampled)" if new[field_name] is None else \
+                    f"sha256 {new[field_name][:12]}"
+                raise CaptureError(expected(
+                    f"resume into {store.path}: trace {tid} {what[field_name]}",
+                    f"what part {written_in} was written with ({was})",
+                    f"a different one ({now}); rerun with --overwrite to recapture it"))
+    return stale
+
+
 def _default_store_factory(path: str, metadata: dict):
     from ..store import ActivationStore
 
@@ -332,6 +390,10 @@ def run_capture(config: CaptureConfig,
     params["n_model_layers"] = len(all_sites)
     factory = store_factory or _default_store_factory
     store = factory(config.out, {"capture": params})
+    for name in check_resume(store, parts, spec.model_id, tokenized.format, config.overwrite):
+        print(f"nex: note: --overwrite: removing part {name} (captured from other inputs)",
+              file=sys.stderr)
+        store.remove_part(name)
     existing = _existing_trace_ids(store)
     summary = CaptureSummary(store=str(config.out), parts_total=len(parts), capture=params)
     total = sum(len(p.jobs) for p in parts)
@@ -395,7 +457,9 @@ def run_capture(config: CaptureConfig,
                 store.write_part(part.name, records, extra_metadata={
                     "nan_activations": int(nan_count), "chunk": part.index,
                     "shard": f"{shard[0]}/{shard[1]}", "n_traces": len(records),
-                    "response_tokens": int(sum(r.response_tokens for r in records))})
+                    "response_tokens": int(sum(r.response_tokens for r in records)),
+                    INPUTS_KEY: {trace_id(spec.model_id, j.prompt.prompt_id, j.sample_index):
+                                 job_inputs(j, tokenized.format) for j in jobs}})
                 summary.parts_written += 1
                 summary.traces_written += len(records)
                 summary.tokens_written += int(sum(r.response_tokens for r in records))

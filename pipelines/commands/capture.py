@@ -22,7 +22,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
         part_size=args.part_size, shard=args.shard, prompt_format=args.prompt_format,
         model_id=args.model_id, revision=args.revision, id_column=args.id_column,
         prompt_column=args.prompt_column, answer_column=args.answer_column,
-        hash_ids=args.hash_ids, progress=not args.no_progress)
+        hash_ids=args.hash_ids, progress=not args.no_progress, overwrite=args.overwrite)
     summary = summary_dict(run_capture(config))
     if args.json:
         print(json.dumps(summary, sort_keys=True, default=str))
@@ -85,6 +85,9 @@ def register(subparsers) -> None:
                    help="reference answer column (default: answer or reference_answer if present)")
     p.add_argument("--hash-ids", action="store_true",
                    help="derive prompt ids from the prompt text (files without an id column)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="on resume, recapture parts whose traces were written from a different "
+                        "prompt text or given response (default: refuse, naming the field)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_capture)

@@ -64,8 +64,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     from ..store.rows_cache_io import export_rows_cache
 
     store = ActivationStore.open(args.store)
-    out = export_rows_cache(store, args.cache, model_id=args.model_id)
-    print(f"exported {args.store} to {out}")
+    result = export_rows_cache(store, args.cache, model_id=args.model_id)
+    print(f"exported {args.store} to {result.path}: {result.traces} traces; masses clipped "
+          f"to the float16 range: {result.clipped_masses} row, "
+          f"{result.clipped_aggregate_masses} aggregate")
     return 0
 
 

@@ -67,3 +67,301 @@ def tree_bytes(root: Path) -> int:
             except FileNotFoundError:
                 continue
     return total
+
+
+#: Name of the lease file inside a staging (or freshly renamed) part group.
+LEASE_FILE = ".nex-lease"
+#: Test hook: ``NEX_STORE_PAUSE=<stage>:<part>:<seconds>`` sleeps the writer at that stage.
+PAUSE_ENV = "NEX_STORE_PAUSE"
+
+
+def pause_point(stage: str, part: str) -> None:
+    """Sleep if the pause hook names this stage and part (tests of concurrent writers)."""
+    wanted = os.environ.get(PAUSE_ENV, "")
+    bits = wanted.rsplit(":", 1)
+    if len(bits) == 2 and bits[0] == f"{stage}:{part}":
+        import time
+
+        time.sleep(float(bits[1]))
+
+
+class Lease:
+    """A writer's claim on a folder: a lease file whose mtime a heartbeat thread refreshes.
+
+    The file holds the writer's host name and process id, so a writer on the same host
+    that died (even by SIGKILL) is recognised at once; otherwise a lease is live while
+    its file was touched within ``seconds``. Follows the folder when it is renamed
+    (:meth:`moved`).
+    """
+
+    def __init__(self, folder: Path, seconds: float) -> None:
+        import threading
+
+        self.folder = folder
+        self.seconds = float(seconds)
+        self._stop = threading.Event()
+        folder.mkdir(parents=True, exist_ok=False)
+        (folder / LEASE_FILE).write_text(json.dumps(
+            {"host": _host(), "pid": os.getpid(), "seconds": self.seconds}))
+        self._thread = threading.Thread(target=self._beat, daemon=True, name="nex-lease")
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(max(self.seconds / 4, 0.05)):
+            try:
+                os.utime(self.folder / LEASE_FILE)
+            except OSError:
+                pass  # renamed just now, or removed with its folder
+
+    def moved(self, folder: Path) -> None:
+        self.folder = folder
+
+    def release(self) -> None:
+        """Stop the heartbeat and remove the lease file (the folder stays)."""
+        self._stop.set()
+        self._thread.join()
+        try:
+            (self.folder / LEASE_FILE).unlink()
+        except OSError:
+            pass
+
+
+def _host() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
+def lease_live(folder: Path, seconds: float) -> bool:
+    """True while a writer may still use ``folder`` (see :class:`Lease`).
+
+    Without a lease file (a writer between creating the folder and its lease, or an
+    older writer) the folder's own mtime stands in for the heartbeat.
+    """
+    import time
+
+    lease = folder / LEASE_FILE
+    try:
+        stamp = lease.stat().st_mtime
+    except OSError:
+        try:
+            stamp = folder.stat().st_mtime
+        except OSError:
+            return False
+    holder = read_json(lease) or {}
+    if holder.get("host") == _host() and isinstance(holder.get("pid"), int):
+        try:
+            os.kill(holder["pid"], 0)
+        except ProcessLookupError:
+            return False  # the writer died on this host
+        except PermissionError:
+            pass
+    return time.time() - stamp < seconds
+
+
+# --------------------------------------------------------------------------- locations
+def is_url(target: object) -> bool:
+    """True for an fsspec URL (``s3://...``, ``memory://...``); False for local paths."""
+    text = str(target)
+    return "://" in text and not text.startswith("file://")
+
+
+def storage_options_from_env(options: dict | None = None) -> dict:
+    """Storage options of an object store: the given ones, else from the environment.
+
+    ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` / ``AWS_ENDPOINT_URL`` are read by
+    s3fs (botocore) itself; ``NEX_STORAGE_OPTIONS`` (JSON) adds options for any fsspec
+    protocol. Explicit options win.
+    """
+    merged: dict = {}
+    env = os.environ.get("NEX_STORAGE_OPTIONS")
+    if env:
+        merged.update(json.loads(env))
+    merged.update(options or {})
+    return merged
+
+
+class Location:
+    """Where a store lives: a local directory or an fsspec URL (object storage).
+
+    Local stores keep POSIX semantics (hard links, renames); object stores use plain puts
+    (visible whole or not at all), exclusive puts where the protocol has them, and unique
+    keys per writer instead of renames.
+    """
+
+    def __init__(self, target, storage_options: dict | None = None) -> None:
+        self.url = str(target)
+        self.is_local = not is_url(target)
+        self.storage_options = dict(storage_options or {})
+        if self.is_local:
+            self.local = Path(str(target)[7:] if str(target).startswith("file://") else target)
+            self.fs = None
+            self.root = str(self.local)
+        else:
+            import fsspec
+
+            protocol = self.url.split("://", 1)[0]
+            options = storage_options_from_env(self.storage_options)
+            if protocol in ("s3", "s3a"):
+                options.setdefault("asynchronous", True)
+            self.fs = fsspec.filesystem(protocol, **options)
+            self.root = self.fs._strip_protocol(self.url).rstrip("/")
+            self.local = None
+            self.protocol = protocol
+            self._sync = None
+
+    def __repr__(self) -> str:
+        return self.url
+
+    def __str__(self) -> str:
+        return self.url
+
+    # The async S3 filesystem (zarr's FsspecStore needs one) is driven through a sync
+    # twin that shares options; plain file operations use the twin.
+    @property
+    def sfs(self):
+        if self._sync is None:
+            import fsspec
+
+            options = storage_options_from_env(self.storage_options)
+            options.pop("asynchronous", None)
+            self._sync = fsspec.filesystem(self.protocol, **options)
+        return self._sync
+
+    def key(self, rel: str) -> str:
+        return f"{self.root}/{rel}" if rel else self.root
+
+    def url_of(self, rel: str) -> str:
+        return f"{self.protocol}://{self.key(rel)}"
+
+    def exists(self, rel: str) -> bool:
+        if self.is_local:
+            return (self.local / rel).exists()
+        return self.sfs.exists(self.key(rel))
+
+    def isfile(self, rel: str) -> bool:
+        if self.is_local:
+            return (self.local / rel).is_file()
+        return self.sfs.isfile(self.key(rel))
+
+    def size(self, rel: str) -> int | None:
+        """Size in bytes of a file; None when missing."""
+        if self.is_local:
+            try:
+                return (self.local / rel).stat().st_size
+            except OSError:
+                return None
+        try:
+            return int(self.sfs.info(self.key(rel))["size"])
+        except FileNotFoundError:
+            return None
+
+    def read_bytes(self, rel: str) -> bytes | None:
+        if self.is_local:
+            try:
+                return (self.local / rel).read_bytes()
+            except OSError:
+                return None
+        try:
+            return self.sfs.cat_file(self.key(rel))
+        except FileNotFoundError:
+            return None
+
+    def read_json(self, rel: str) -> dict | None:
+        data = self.read_bytes(rel)
+        try:
+            payload = json.loads(data) if data is not None else None
+        except ValueError:
+            return None
+        return payload if isinstance(payload, dict) else None
+
+    def put(self, rel: str, data: bytes) -> None:
+        """Write a whole object (object stores: visible whole or not at all)."""
+        self.sfs.pipe_file(self.key(rel), data)
+
+    def put_exclusive(self, rel: str, data: bytes) -> bool:
+        """Create an object unless it exists; True when this call created it."""
+        if self.sfs.exists(self.key(rel)):
+            return False
+        try:
+            self.sfs.pipe_file(self.key(rel), data, mode="create")
+        except (FileExistsError, TypeError, NotImplementedError, ValueError):
+            if self.sfs.exists(self.key(rel)):
+                return False
+            self.sfs.pipe_file(self.key(rel), data)
+        except OSError as err:  # a precondition failure: another writer created it
+            if "Precondition" in str(err) or "412" in str(err):
+                return False
+            raise
+        return True
+
+    def listdir(self, rel: str) -> list[str]:
+        """Names directly under ``rel`` (files and folders); empty when missing."""
+        if self.is_local:
+            folder = self.local / rel
+            return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+        try:
+            entries = self.sfs.ls(self.key(rel), detail=False, refresh=True)
+        except FileNotFoundError:
+            return []
+        return sorted(e.rstrip("/").rsplit("/", 1)[-1] for e in entries)
+
+    def remove_tree(self, rel: str) -> None:
+        if self.is_local:
+            import shutil
+
+            shutil.rmtree(self.local / rel, ignore_errors=True)
+            return
+        try:
+            self.sfs.rm(self.key(rel), recursive=True)
+        except FileNotFoundError:
+            pass
+
+    def remove_file(self, rel: str) -> None:
+        if self.is_local:
+            (self.local / rel).unlink(missing_ok=True)
+            return
+        try:
+            self.sfs.rm_file(self.key(rel))
+        except FileNotFoundError:
+            pass
+
+    def mtime(self, rel: str) -> float | None:
+        if self.is_local:
+            try:
+                return (self.local / rel).stat().st_mtime
+            except OSError:
+                return None
+        try:
+            info = self.sfs.info(self.key(rel))
+        except FileNotFoundError:
+            return None
+        stamp = info.get("LastModified") or info.get("mtime") or info.get("created")
+        return stamp.timestamp() if hasattr(stamp, "timestamp") else \
+            (float(stamp) if stamp is not None else None)
+
+    def tree_bytes(self, rel: str = "") -> int:
+        if self.is_local:
+            return tree_bytes(self.local / rel)
+        try:
+            return int(self.sfs.du(self.key(rel), total=True))
+        except FileNotFoundError:
+            return 0
+
+    def zarr_store(self, rel: str, read_only: bool):
+        """A zarr v3 store rooted at ``rel``."""
+        if self.is_local:
+            from zarr.storage import LocalStore
+
+            return LocalStore(str(self.local / rel), read_only=read_only)
+        from zarr.storage import FsspecStore
+
+        return FsspecStore(self.fs, read_only=read_only, path=self.key(rel))
+
+    def arrow_filesystem(self):
+        """(pyarrow filesystem or None, path) for reading Parquet under this location."""
+        if self.is_local:
+            return None
+        from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+        return PyFileSystem(FSSpecHandler(self.sfs))

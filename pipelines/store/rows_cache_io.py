@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from nex_transforms import Aggregates
 from nex_transforms.errors import expected
 
 from ..records import TraceRecord
 from ..rows_cache import read_rows_cache, write_rows_cache
+from .encode import to_storage
 from .schema import StoreError
 from .store import ActivationStore
 
@@ -70,8 +73,23 @@ def import_rows_cache(cache, store_path, model_id: str = DEFAULT_MODEL_ID,
     return store, parts
 
 
-def export_rows_cache(store: ActivationStore, cache, model_id: str | None = None) -> Path:
-    """Write the store's traces (of one model, or all) in the row-cache layout, manifest order."""
+@dataclass(frozen=True)
+class ExportResult:
+    """Where an export went and how many masses were clipped to the float16 range."""
+
+    path: Path
+    traces: int
+    clipped_masses: int
+    clipped_aggregate_masses: int
+
+
+def export_rows_cache(store: ActivationStore, cache, model_id: str | None = None) -> ExportResult:
+    """Write the store's traces (of one model, or all) in the row-cache layout, manifest order.
+
+    The layout stores float16 masses: finite masses beyond its range (possible in a store
+    with float32 masses) are clipped to its largest value and counted, never turned into
+    infinities.
+    """
     trace_ids = None
     if model_id is not None:
         table = store.manifest()
@@ -83,4 +101,10 @@ def export_rows_cache(store: ActivationStore, cache, model_id: str | None = None
     corpus = store.read_corpus(trace_ids=trace_ids)
     if corpus.n_traces == 0:
         raise StoreError(expected(f"store {store.path}", "at least one trace", "none"))
-    return write_rows_cache(corpus, cache)
+    masses, clipped = to_storage(corpus.masses, np.dtype(np.float16))
+    agg = corpus.aggregate()
+    agg_masses, agg_clipped = to_storage(agg.masses, np.dtype(np.float16))
+    corpus = replace(corpus, masses=masses,
+                     aggregates=Aggregates(agg.row_ptr, agg.keys, agg_masses))
+    path = write_rows_cache(corpus, cache)
+    return ExportResult(path, corpus.n_traces, clipped, agg_clipped)

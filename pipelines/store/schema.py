@@ -21,8 +21,9 @@ from nex_transforms.errors import NexError, expected
 
 from ..records import TOKEN_STAT_NAMES
 
-#: Version of the layout below; bumped on any incompatible change.
-SCHEMA_VERSION = 1
+#: Version of the layout below; bumped on any incompatible change (2: every chunk carries
+#: a crc32c checksum in its codec chain; version 1 stores are refused, see docs/STORE.md).
+SCHEMA_VERSION = 2
 
 #: Marker attribute naming the kind of zarr hierarchy.
 STORE_KIND = "nex-activation-store"
@@ -124,6 +125,17 @@ def compressor():
     from zarr.codecs import BloscCodec
 
     return BloscCodec(cname="zstd", clevel=5, shuffle="shuffle")
+
+
+def chunk_codecs() -> list:
+    """Bytes-to-bytes codecs of every (inner) chunk: the compressor, then a crc32c checksum.
+
+    The checksum is verified by zarr's codec pipeline as each chunk is decoded, so any read,
+    of any slice, fails on a corrupted chunk instead of returning wrong values.
+    """
+    from zarr.codecs import Crc32cCodec
+
+    return [compressor(), Crc32cCodec()]
 
 
 def manifest_schema():

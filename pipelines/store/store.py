@@ -30,10 +30,12 @@ from nex_transforms.segments import ranges
 from ..atomic import atomic_write
 from ..records import TraceRecord
 from .encode import EncodedPart, decode_records, encode_part
-from .fs import create_exclusive, fault_point, group_node, read_json, tree_bytes
+from .fs import (Lease, Location, create_exclusive, fault_point, group_node, lease_live,
+                 pause_point,
+                 read_json, tree_bytes)
 from .schema import (CONSOLIDATED_MANIFEST, MANIFESTS_DIR, PARQUET_OPTIONS, PARTS_DIR,
                      SCHEMA_VERSION, STAGING_DIR, STORE_KIND, TOKEN_STATS, StoreError,
-                     check_part_name, check_storage, chunking, compressor, manifest_schema)
+                     check_part_name, check_storage, chunk_codecs, chunking, manifest_schema)
 
 PART_META_KEY = b"nex_store_part"
 PARTS_META_KEY = b"nex_store_parts"
@@ -42,6 +44,8 @@ ROW_CACHE_CONTENT = ("trace_row_ptr", "row_entry_ptr", "row_tokens", "keys", "ma
                      "agg_ptr", "agg_keys", "agg_masses")
 #: Seconds after which finalize treats staging leftovers as abandoned by a crashed writer.
 STALE_SECONDS = 600.0
+#: Seconds without a heartbeat after which a writer's staging lease has expired.
+LEASE_SECONDS = 60.0
 #: Separates the part name in staging directory names ("~" is not allowed in part names).
 STAGING_SEP = "~"
 _KNOWN_ENTRIES = {"zarr.json", PARTS_DIR, MANIFESTS_DIR, STAGING_DIR, CONSOLIDATED_MANIFEST}
@@ -83,8 +87,11 @@ class ActivationStore:
     Use :meth:`create` to create a store or open one for appending, :meth:`open` to read.
     """
 
-    def __init__(self, path: Path, attributes: dict, writable: bool) -> None:
-        self.path = path
+    def __init__(self, path, attributes: dict, writable: bool,
+                 location: Location | None = None) -> None:
+        self.loc = location if location is not None else Location(path)
+        #: a Path for a local store, the URL (str) for an object store
+        self.path = self.loc.local if self.loc.is_local else self.loc.url
         self._attributes = attributes
         self._writable = writable
 
@@ -94,7 +101,8 @@ class ActivationStore:
 
     # ----------------------------------------------------------------- open / create
     @classmethod
-    def create(cls, path, metadata: dict) -> "ActivationStore":
+    def create(cls, path, metadata: dict,
+               storage_options: dict | None = None) -> "ActivationStore":
         """Create a store at ``path``, or open an existing one for appending.
 
         ``metadata`` is a JSON-serialisable dict; ``metadata["capture"]`` holds the
@@ -102,9 +110,11 @@ class ActivationStore:
         ``metadata["storage"]`` optionally the mass dtypes (``float16`` by default). When
         the store exists its schema version must be :data:`SCHEMA_VERSION` and its
         capture parameters must equal the given ones; otherwise :class:`StoreError`.
-        Safe when several processes create the same fresh path at once.
+        Safe when several processes create the same fresh path at once. ``path`` may be
+        an fsspec URL (``s3://bucket/store``) with ``storage_options`` (credentials,
+        endpoint; by default from the environment).
         """
-        path = Path(path)
+        loc = Location(path, storage_options)
         if not isinstance(metadata, dict):
             raise StoreError(expected("store metadata", "a dict", type(metadata).__name__))
         given = _normalise(metadata, "store metadata")
@@ -114,6 +124,16 @@ class ActivationStore:
                                       type(given["capture"]).__name__))
         explicit_storage = "storage" in metadata
         given["storage"] = check_storage(given.get("storage"))
+        attributes = {"schema_version": SCHEMA_VERSION, "store_kind": STORE_KIND,
+                      "metadata": given, "packages": package_versions(),
+                      "created_at": datetime.now(timezone.utc).isoformat()}
+        if not loc.is_local:
+            loc.put_exclusive("zarr.json", group_node(attributes))
+            store = cls._load(loc, writable=True)
+            store._check_append(given, explicit_storage)
+            loc.put_exclusive(f"{PARTS_DIR}/zarr.json", group_node({}))
+            return store
+        path = loc.local
         if path.exists() and not path.is_dir():
             raise StoreError(expected("store path", "a directory", f"a file {path}"))
         if path.is_dir() and not (path / "zarr.json").exists():
@@ -122,12 +142,9 @@ class ActivationStore:
             if stray:
                 raise StoreError(expected(f"store {path}", "an empty directory or a NEX store",
                                           f"a directory holding {stray[:3]}"))
-        attributes = {"schema_version": SCHEMA_VERSION, "store_kind": STORE_KIND,
-                      "metadata": given, "packages": package_versions(),
-                      "created_at": datetime.now(timezone.utc).isoformat()}
         path.mkdir(parents=True, exist_ok=True)
         create_exclusive(path / "zarr.json", group_node(attributes))
-        store = cls._load(path, writable=True)
+        store = cls._load(loc, writable=True)
         store._check_append(given, explicit_storage)
         create_exclusive(path / PARTS_DIR / "zarr.json", group_node({}))
         (path / MANIFESTS_DIR).mkdir(exist_ok=True)
@@ -135,16 +152,21 @@ class ActivationStore:
         return store
 
     @classmethod
-    def open(cls, path) -> "ActivationStore":
+    def open(cls, path, storage_options: dict | None = None) -> "ActivationStore":
         """Open an existing store read-only; StoreError if missing, not a store, or another
-        schema version."""
-        return cls._load(Path(path), writable=False)
+        schema version. ``path`` may be an fsspec URL (see :meth:`create`)."""
+        return cls._load(Location(path, storage_options), writable=False)
 
     @classmethod
-    def _load(cls, path: Path, writable: bool) -> "ActivationStore":
-        if not path.is_dir():
+    def _load(cls, loc: Location, writable: bool) -> "ActivationStore":
+        path = loc.url
+        if loc.is_local and not loc.local.is_dir():
             raise StoreError(expected("activation store", "an existing directory", str(path)))
-        node = read_json(path / "zarr.json")
+        try:
+            node = loc.read_json("zarr.json")
+        except OSError as err:
+            raise StoreError(expected(f"activation store {path}", "a readable zarr.json",
+                                      " ".join(str(err).split())[:300])) from None
         attributes = (node or {}).get("attributes") or {}
         if node is None or attributes.get("store_kind") != STORE_KIND:
             raise StoreError(expected(f"activation store {path}",
@@ -155,7 +177,7 @@ class ActivationStore:
             raise StoreError(expected(f"activation store {path} schema_version",
                                       f"{SCHEMA_VERSION} (this code's schema)",
                                       f"{version} (written by another version)"))
-        return cls(path, attributes, writable)
+        return cls(path, attributes, writable, loc)
 
     def _check_append(self, given: dict, explicit_storage: bool) -> None:
         stored = self.metadata
@@ -189,31 +211,51 @@ class ActivationStore:
     def writable(self) -> bool:
         return self._writable
 
-    def _manifest_path(self, part: str) -> Path:
-        return self.path / MANIFESTS_DIR / f"{part}.parquet"
+    def _manifest_path(self, part: str):
+        return self.path / MANIFESTS_DIR / f"{part}.parquet" if self.loc.is_local else \
+            self._manifest_rel(part)
 
-    def part_dir(self, part: str) -> Path:
-        return self.path / PARTS_DIR / part
+    @staticmethod
+    def _manifest_rel(part: str) -> str:
+        return f"{MANIFESTS_DIR}/{part}.parquet"
+
+    def part_rel(self, part: str) -> str:
+        """The part's group, relative to the store root: ``parts/<part>`` on local disk;
+        on object storage the writer's unique group named by the part's manifest."""
+        if self.loc.is_local:
+            return f"{PARTS_DIR}/{part}"
+        group = self.part_summary(part).get("group") if self.has_part(part) else None
+        return f"{PARTS_DIR}/{group or part}"
+
+    def part_dir(self, part: str):
+        """Local path (or URL) of the part's group."""
+        if self.loc.is_local:
+            return self.path / PARTS_DIR / part
+        return self.loc.url_of(self.part_rel(part))
 
     def has_part(self, part: str) -> bool:
         """True only for completed parts (their manifest exists)."""
-        return self._manifest_path(check_part_name(part)).is_file()
+        check_part_name(part)
+        if self.loc.is_local:
+            return self._manifest_path(part).is_file()
+        return self.loc.isfile(self._manifest_rel(part))
 
     def parts(self) -> list[str]:
         """Names of the completed parts, sorted (the manifest order)."""
-        folder = self.path / MANIFESTS_DIR
-        if not folder.is_dir():
-            return []
-        return sorted(p.name[:-len(".parquet")] for p in folder.iterdir()
-                      if p.name.endswith(".parquet") and not p.name.startswith("."))
+        return sorted(n[:-len(".parquet")] for n in self.loc.listdir(MANIFESTS_DIR)
+                      if n.endswith(".parquet") and not n.startswith("."))
 
     # ----------------------------------------------------------------- writing
     def write_part(self, part: str, records: list[TraceRecord],
-                   extra_metadata: dict | None = None) -> None:
+                   extra_metadata: dict | None = None,
+                   lease_seconds: float = LEASE_SECONDS) -> None:
         """Write ``records`` as one part, atomically; a no-op when the part is complete.
 
-        One writer per part. A crash at any point leaves a complete part or nothing
-        visible; a half-written part left by a crash is replaced. ``extra_metadata``
+        A crash at any point leaves a complete part or nothing visible; a half-written
+        part left by a crash is replaced. The staging folder carries a lease (see
+        :class:`~pipelines.store.fs.Lease`): a second writer of the same part never
+        removes a live writer's staging, only one whose lease expired
+        (``lease_seconds`` without a heartbeat, or its process dead on this host). ``extra_metadata``
         (JSON-serialisable, e.g. ``{"nan_activations": 3}``) is stored with the part;
         :meth:`info` sums its numbers over the parts.
         """
@@ -230,24 +272,70 @@ class ActivationStore:
         summary = dict(encoded.counts, part=part, extra_metadata=extra)
         staging_root = self.path / STAGING_DIR
         staging_root.mkdir(exist_ok=True)
-        for stale in staging_root.iterdir():  # left by a crashed writer of this part
-            if stale.name.split(STAGING_SEP)[0] == part:
-                shutil.rmtree(stale, ignore_errors=True)
+        for other in staging_root.iterdir():  # left by a crashed writer of this part
+            if other.name.split(STAGING_SEP)[0] == part and not lease_live(other, lease_seconds):
+                shutil.rmtree(other, ignore_errors=True)
         token = uuid.uuid4().hex
         staging = staging_root / f"{part}{STAGING_SEP}{token}"
+        lease = Lease(staging, lease_seconds)
         try:
-            self._write_group(staging, part, encoded, summary)
-            target = self.part_dir(part)
-            if target.exists():  # left by a crash after the rename, before the manifest
-                trash = staging_root / f"{part}{STAGING_SEP}{token}{STAGING_SEP}trash"
+            try:
+                self._write_group(staging, part, encoded, summary)
+                pause_point("staging", part)
+                if not self._claim(staging, part, token, lease_seconds):
+                    return  # another writer completed the part meanwhile
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+            lease.moved(self.part_dir(part))
+            fault_point("renamed", part)
+            self._write_part_manifest(part, encoded, summary)
+        finally:
+            lease.release()
+
+    def remove_part(self, part: str) -> None:
+        """Remove a completed part: its manifest first (the part stops being visible at
+        once), then its arrays. Used to recapture a part (``nex capture --overwrite``)."""
+        check_part_name(part)
+        if not self._writable:
+            raise StoreError(expected(f"store {self.path}", "opened for writing (create)",
+                                      "a read-only store (open)"))
+        self._manifest_path(part).unlink(missing_ok=True)
+        trash = self.path / STAGING_DIR / f"{part}{STAGING_SEP}{uuid.uuid4().hex}{STAGING_SEP}trash"
+        try:
+            self.part_dir(part).rename(trash)
+        except FileNotFoundError:
+            return
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def _claim(self, staging: Path, part: str, token: str, lease_seconds: float) -> bool:
+        """Rename ``staging`` to ``parts/<part>``; False (staging removed) when another
+        writer completed the part first.
+
+        The rename is exclusive (it fails onto a non-empty folder). A group already there
+        without a manifest is another writer's, between its rename and its manifest: it
+        is waited for while its lease is live, replaced once the lease expired.
+        """
+        target = self.part_dir(part)
+        while True:
+            try:
+                os.rename(staging, target)
+                return True
+            except OSError:
+                if not target.exists():
+                    raise
+            if self.has_part(part):
+                shutil.rmtree(staging, ignore_errors=True)
+                return False
+            if lease_live(target, lease_seconds):
+                time.sleep(0.05)
+                continue
+            trash = self.path / STAGING_DIR / f"{part}{STAGING_SEP}{token}{STAGING_SEP}trash"
+            try:
                 target.rename(trash)
-                shutil.rmtree(trash, ignore_errors=True)
-            staging.rename(target)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        fault_point("renamed", part)
-        self._write_part_manifest(part, encoded, summary)
+            except OSError:
+                continue  # another writer moved it first
+            shutil.rmtree(trash, ignore_errors=True)
 
     def _write_group(self, folder: Path, part: str, encoded: EncodedPart, summary: dict) -> None:
         import zarr
@@ -255,14 +343,16 @@ class ActivationStore:
         checksums = {name: checksum(values) for name, values in encoded.arrays.items()}
         attributes = dict(summary, schema_version=SCHEMA_VERSION, storage=self.storage,
                           checksums=checksums)
-        group = zarr.open_group(str(folder), mode="w", attributes=attributes)
+        # The folder already holds the writer's lease: write the group node directly.
+        (folder / "zarr.json").write_bytes(group_node(attributes))
+        group = zarr.open_group(str(folder), mode="r+", use_consolidated=False)
         names = list(encoded.arrays)
         for index, name in enumerate(names):
             values = encoded.arrays[name]
             chunk, shard = chunking(values.size)
             array = group.create_array(
                 name, shape=values.shape, dtype=values.dtype, chunks=(chunk,), shards=(shard,),
-                compressors=compressor(), fill_value=0,
+                compressors=chunk_codecs(), fill_value=0,
                 config={"write_empty_chunks": True})
             if values.size:
                 array[:] = values
@@ -313,7 +403,7 @@ class ActivationStore:
         orphans = [f for f in (parts_dir.iterdir() if parts_dir.is_dir() else [])
                    if f.is_dir() and f.name not in parts]
         for entry in staging + orphans:
-            if stale(entry):
+            if not lease_live(entry, stale_after):
                 shutil.rmtree(entry, ignore_errors=True)
         for folder in (self.path, parts_dir, self.path / MANIFESTS_DIR):
             for tmp in folder.glob(".*.tmp"):  # temp files of crashed atomic writes
@@ -586,11 +676,14 @@ def _read_manifest(path: Path):
 
 
 def aggregate_extras(extras: list[dict]) -> dict:
-    """Sum numeric extra metadata over parts; other values become sorted distinct lists."""
+    """Sum numeric extra metadata over parts; other values become sorted distinct lists
+    (per-part mappings, such as the capture's per-trace inputs, are left out)."""
     numbers: dict[str, float] = {}
     others: dict[str, list] = {}
     for extra in extras:
         for key, value in extra.items():
+            if isinstance(value, dict):
+                continue
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 numbers[key] = numbers.get(key, 0) + value
             else:

@@ -128,9 +128,51 @@ def _load_arrays(store, part, summary, attrs, report) -> dict:
         for index in range(-(-length // shard)):
             path = store.part_dir(part) / name / "c" / str(index)
             if not path.is_file():
-                _fail(report, part, None, f"array {name}: expected shard file {path}, got none")
-        arrays[name] = array[...]
+                _fail(report, part, None, f"array {name} shard {index}: expected shard file "
+                                          f"{path}, got none")
+            if path.stat().st_size == 0:
+                _fail(report, part, None, f"array {name} shard {index}: expected a shard "
+                                          f"with its chunks and index, got an empty file {path}")
+        try:
+            arrays[name] = array[...]
+        except Exception as err:  # crc32c mismatches and undecodable chunks
+            a, b = _first_bad_chunk(array)
+            trace = _owner(arrays, lengths, PART_ARRAYS.get(name, (None, "tokens"))[1], a)
+            ids = store.manifest([part])["trace_id"].to_pylist()
+            _fail(report, part, ids[trace] if trace is not None and trace < len(ids) else None,
+                  f"array {name} elements [{a}, {b}): expected chunks that decode and pass "
+                                      f"their crc32c checksums, got {type(err).__name__}: "
+                                      f"{' '.join(str(err).split())[:300]}")
     return arrays
+
+
+def _first_bad_chunk(array) -> tuple[int, int]:
+    """Elements of the first chunk of ``array`` that cannot be read (whole array if none)."""
+    chunk, length = array.chunks[0], array.shape[0]
+    for a in range(0, length, chunk):
+        try:
+            array[a:min(a + chunk, length)]
+        except Exception:
+            return a, min(a + chunk, length)
+    return 0, length
+
+
+def _owner(arrays: dict, lengths: dict, counts: str, element: int) -> int | None:
+    """The trace owning position ``element`` of an array of ``counts`` elements, when the
+    pointers read so far tell."""
+    ptr_of = {"rows": "trace_row_ptr", "rows+1": "trace_row_ptr",
+              "aggregate_entries": "agg_ptr", "tokens": "token_ptr"}
+    if counts == "traces+1":
+        return min(element, lengths["traces+1"] - 2)
+    if counts == "entries":
+        if "row_entry_ptr" not in arrays or "trace_row_ptr" not in arrays:
+            return None
+        row = int(np.searchsorted(arrays["row_entry_ptr"], element, side="right")) - 1
+        return _owner(arrays, lengths, "rows", row)
+    ptr = arrays.get(ptr_of.get(counts, ""))
+    if ptr is None:
+        return None
+    return max(int(np.searchsorted(ptr, element, side="right")) - 1, 0)
 
 
 def _check_checksums(part, arrays, attrs, report) -> None:

@@ -174,7 +174,7 @@ def test_finalize_is_idempotent_and_readers_see_parts_added_later(two_part_store
     two_part_store.finalize()
     assert tree(two_part_store.path).keys() == first.keys()
     root = json.loads((two_part_store.path / "zarr.json").read_text())
-    assert "consolidated_metadata" in root and root["attributes"]["schema_version"] == 1
+    assert "consolidated_metadata" in root and root["attributes"]["schema_version"] == SCHEMA_VERSION
     assert zarr.open_group(str(two_part_store.path), mode="r")["parts/a/keys"].shape[0] > 0
     assert two_part_store.info()["finalized"]
     two_part_store.write_part("c", synthetic_records(1, seed=3, prefix="c", n_tokens=40))
@@ -271,7 +271,7 @@ def test_verify_names_a_corrupted_pointer(two_part_store, capsys):
 def test_verify_catches_a_deleted_chunk_file(two_part_store, capsys):
     (two_part_store.path / "parts" / "a" / "keys" / "c" / "0").unlink()
     assert main(["store", "verify", str(two_part_store.path)]) == 2
-    assert "part a: array keys: expected shard file" in capsys.readouterr().err
+    assert "part a: array keys shard 0: expected shard file" in capsys.readouterr().err
 
 
 def test_verify_catches_changed_values_by_checksum(two_part_store):
@@ -322,7 +322,7 @@ def test_stored_format_matches_the_documented_schema(two_part_store):
     sharding = node["codecs"][0]
     assert sharding["name"] == "sharding_indexed"
     inner = [c["name"] for c in sharding["configuration"]["codecs"]]
-    assert inner == ["bytes", "blosc"]
+    assert inner == ["bytes", "blosc", "crc32c"]
     blosc = sharding["configuration"]["codecs"][1]["configuration"]
     assert (blosc["cname"], blosc["shuffle"]) == ("zstd", "shuffle")
     masses = json.loads((two_part_store.path / "parts" / "b" / "masses" / "zarr.json").read_text())
