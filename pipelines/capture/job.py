@@ -261,7 +261,8 @@ def check_resume(store, parts: list[Part], model_id: str, prompt_format: str,
     without recorded inputs (by other tools) are not compared.
     """
     recorded: dict[str, tuple[str, dict]] = {}
-    for name, summary in store.part_summaries().items():
+    summaries = store.part_summaries() if hasattr(store, "part_summaries") else {}
+    for name, summary in summaries.items():
         inputs = (summary.get("extra_metadata") or {}).get(INPUTS_KEY) or {}
         for tid, digests in inputs.items():
             recorded[tid] = (name, digests)

@@ -71,18 +71,22 @@ def tree_bytes(root: Path) -> int:
 
 #: Name of the lease file inside a staging (or freshly renamed) part group.
 LEASE_FILE = ".nex-lease"
-#: Test hook: ``NEX_STORE_PAUSE=<stage>:<part>:<seconds>`` sleeps the writer at that stage.
+#: Test hook: ``NEX_STORE_PAUSE=<stage>:<part>:<file>`` holds the writer at that stage
+#: until ``<file>`` exists (at most 300 s).
 PAUSE_ENV = "NEX_STORE_PAUSE"
 
 
 def pause_point(stage: str, part: str) -> None:
-    """Sleep if the pause hook names this stage and part (tests of concurrent writers)."""
+    """Wait while the pause hook names this stage and part (tests of concurrent writers)."""
     wanted = os.environ.get(PAUSE_ENV, "")
-    bits = wanted.rsplit(":", 1)
-    if len(bits) == 2 and bits[0] == f"{stage}:{part}":
+    prefix = f"{stage}:{part}:"
+    if wanted.startswith(prefix):
         import time
 
-        time.sleep(float(bits[1]))
+        release = Path(wanted[len(prefix):])
+        deadline = time.monotonic() + 300
+        while not release.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
 
 
 class Lease:

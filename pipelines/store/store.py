@@ -30,9 +30,8 @@ from nex_transforms.segments import ranges
 from ..atomic import atomic_write
 from ..records import TraceRecord
 from .encode import EncodedPart, decode_records, encode_part
-from .fs import (Lease, Location, create_exclusive, fault_point, group_node, lease_live,
-                 pause_point,
-                 read_json, tree_bytes)
+from .fs import (LEASE_FILE, Lease, Location, create_exclusive, fault_point, group_node,
+                 lease_live, pause_point)
 from .schema import (CONSOLIDATED_MANIFEST, MANIFESTS_DIR, PARQUET_OPTIONS, PARTS_DIR,
                      SCHEMA_VERSION, STAGING_DIR, STORE_KIND, TOKEN_STATS, StoreError,
                      check_part_name, check_storage, chunk_codecs, chunking, manifest_schema)
@@ -92,6 +91,7 @@ class ActivationStore:
         self.loc = location if location is not None else Location(path)
         #: a Path for a local store, the URL (str) for an object store
         self.path = self.loc.local if self.loc.is_local else self.loc.url
+        self._summaries: dict[str, dict] = {}  # object storage: part summaries read once
         self._attributes = attributes
         self._writable = writable
 
@@ -270,6 +270,9 @@ class ActivationStore:
             raise StoreError(expected("extra_metadata", "a dict", type(extra).__name__))
         encoded = encode_part(part, records, self.storage)
         summary = dict(encoded.counts, part=part, extra_metadata=extra)
+        if not self.loc.is_local:
+            self._write_part_object_store(part, encoded, summary)
+            return
         staging_root = self.path / STAGING_DIR
         staging_root.mkdir(exist_ok=True)
         for other in staging_root.iterdir():  # left by a crashed writer of this part
@@ -280,7 +283,7 @@ class ActivationStore:
         lease = Lease(staging, lease_seconds)
         try:
             try:
-                self._write_group(staging, part, encoded, summary)
+                self._write_group(f"{STAGING_DIR}/{staging.name}", part, encoded, summary)
                 pause_point("staging", part)
                 if not self._claim(staging, part, token, lease_seconds):
                     return  # another writer completed the part meanwhile
@@ -300,6 +303,13 @@ class ActivationStore:
         if not self._writable:
             raise StoreError(expected(f"store {self.path}", "opened for writing (create)",
                                       "a read-only store (open)"))
+        if not self.loc.is_local:
+            rel = self.part_rel(part)
+            self._summaries.pop(part, None)
+            self.loc.remove_file(self._manifest_rel(part))
+            self.loc.remove_file(CONSOLIDATED_MANIFEST)
+            self.loc.remove_tree(rel)
+            return
         self._manifest_path(part).unlink(missing_ok=True)
         trash = self.path / STAGING_DIR / f"{part}{STAGING_SEP}{uuid.uuid4().hex}{STAGING_SEP}trash"
         try:
@@ -337,15 +347,39 @@ class ActivationStore:
                 continue  # another writer moved it first
             shutil.rmtree(trash, ignore_errors=True)
 
-    def _write_group(self, folder: Path, part: str, encoded: EncodedPart, summary: dict) -> None:
+    def _write_part_object_store(self, part: str, encoded: EncodedPart, summary: dict) -> None:
+        """Object storage has no rename: each writer writes its own group
+        ``parts/<part>~<token>``, then the part's manifest (naming that group) with one
+        put, the completion marker. A writer that finds the part complete first removes
+        its group; groups no manifest names are removed by :meth:`finalize`."""
+        group = f"{part}{STAGING_SEP}{uuid.uuid4().hex}"
+        summary = dict(summary, group=group)
+        rel = f"{PARTS_DIR}/{group}"
+        try:
+            self._write_group(rel, part, encoded, summary)
+            pause_point("staging", part)
+            if self.has_part(part):
+                self.loc.remove_tree(rel)
+                return
+        except BaseException:
+            self.loc.remove_tree(rel)
+            raise
+        fault_point("renamed", part)
+        self._write_part_manifest(part, encoded, summary)
+
+    def _write_group(self, rel: str, part: str, encoded: EncodedPart, summary: dict) -> None:
         import zarr
 
         checksums = {name: checksum(values) for name, values in encoded.arrays.items()}
         attributes = dict(summary, schema_version=SCHEMA_VERSION, storage=self.storage,
                           checksums=checksums)
-        # The folder already holds the writer's lease: write the group node directly.
-        (folder / "zarr.json").write_bytes(group_node(attributes))
-        group = zarr.open_group(str(folder), mode="r+", use_consolidated=False)
+        # A local staging folder already holds the writer's lease: write the node directly.
+        if self.loc.is_local:
+            (self.path / rel / "zarr.json").write_bytes(group_node(attributes))
+        else:
+            self.loc.put(f"{rel}/zarr.json", group_node(attributes))
+        group = zarr.open_group(store=self.loc.zarr_store(rel, read_only=False), mode="r+",
+                                use_consolidated=False)
         names = list(encoded.arrays)
         for index, name in enumerate(names):
             values = encoded.arrays[name]
@@ -364,7 +398,11 @@ class ActivationStore:
 
         schema = manifest_schema()
         table = pa.table({name: encoded.columns[name] for name in schema.names}, schema=schema)
-        write_manifest(self._manifest_path(part), table, {PART_META_KEY: json.dumps(summary)})
+        meta = {PART_META_KEY: json.dumps(summary)}
+        if self.loc.is_local:
+            write_manifest(self._manifest_path(part), table, meta)
+        else:
+            self.loc.put(self._manifest_rel(part), manifest_bytes(table, meta))
 
     def finalize(self, stale_after: float = STALE_SECONDS) -> None:
         """Consolidate: one ``manifest.parquet`` and consolidated zarr metadata; idempotent.
@@ -380,14 +418,32 @@ class ActivationStore:
             raise StoreError(expected(f"store {self.path}", "opened for writing (create)",
                                       "a read-only store (open)"))
         parts = self.parts()
-        self._remove_leftovers(parts, stale_after)
+        if self.loc.is_local:
+            self._remove_leftovers(parts, stale_after)
+        else:
+            self._remove_orphan_groups(parts, stale_after)
         table = self._per_part_manifest(parts)
         summaries = {p: self.part_summary(p) for p in parts}
-        write_manifest(self.path / CONSOLIDATED_MANIFEST, table,
-                       {PARTS_META_KEY: json.dumps(summaries)})
+        meta = {PARTS_META_KEY: json.dumps(summaries)}
+        if self.loc.is_local:
+            write_manifest(self.path / CONSOLIDATED_MANIFEST, table, meta)
+        else:
+            self.loc.put(CONSOLIDATED_MANIFEST, manifest_bytes(table, meta))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            zarr.consolidate_metadata(str(self.path))
+            zarr.consolidate_metadata(self.loc.zarr_store("", read_only=False))
+
+    def _remove_orphan_groups(self, parts: list[str], stale_after: float) -> None:
+        """Object storage: remove groups no manifest names, once untouched for
+        ``stale_after`` seconds (another writer may still be writing one)."""
+        named = {self.part_rel(p).split("/", 1)[1] for p in parts}
+        cutoff = time.time() - stale_after
+        for name in self.loc.listdir(PARTS_DIR):
+            if name == "zarr.json" or name in named:
+                continue
+            stamp = self.loc.mtime(f"{PARTS_DIR}/{name}/zarr.json")
+            if stamp is None or stamp <= cutoff:
+                self.loc.remove_tree(f"{PARTS_DIR}/{name}")
 
     def _remove_leftovers(self, parts: list[str], stale_after: float) -> None:
         cutoff = time.time() - stale_after
@@ -415,53 +471,75 @@ class ActivationStore:
         """Counts and extra metadata of a completed part (from its manifest)."""
         import pyarrow.parquet as pq
 
+        if part in self._summaries:
+            return json.loads(json.dumps(self._summaries[part]))
         if not self.has_part(part):
             raise StoreError(expected(f"store {self.path} part", "a completed part", part))
         path = self._manifest_path(part)
         try:
-            meta = pq.read_schema(path).metadata or {}
-            return json.loads(meta.get(PART_META_KEY, b"{}"))
+            meta = self._schema_metadata(self._manifest_rel(part)) or {}
+            summary = json.loads(meta.get(PART_META_KEY, b"{}"))
+            if not self.loc.is_local:
+                self._summaries[part] = summary
+            return json.loads(json.dumps(summary))
         except (OSError, ValueError) as err:
             raise StoreError(expected(f"part {part} manifest {path}",
                                       "a readable Parquet manifest", err)) from None
 
+    def _schema_metadata(self, rel: str) -> dict | None:
+        """Footer key-value metadata of a Parquet file of the store; None when missing."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if self.loc.is_local:
+            path = self.path / rel
+            return (pq.read_schema(path).metadata or {}) if path.is_file() else None
+        data = self.loc.read_bytes(rel)
+        if data is None:
+            return None
+        return pq.read_schema(pa.BufferReader(data)).metadata or {}
+
     def part_summaries(self) -> dict:
         """``{part: summary}`` of the completed parts (from the consolidated manifest when
         it is current, else from each part's manifest)."""
-        import pyarrow.parquet as pq
-
         parts = self.parts()
-        path = self.path / CONSOLIDATED_MANIFEST
-        if path.is_file():
-            try:
-                meta = pq.read_schema(path).metadata or {}
-                covered = json.loads(meta.get(PARTS_META_KEY, b"{}"))
-            except (OSError, ValueError):
-                covered = {}
-            if sorted(covered) == parts:
-                return covered
+        try:
+            meta = self._schema_metadata(CONSOLIDATED_MANIFEST)
+            covered = json.loads(meta.get(PARTS_META_KEY, b"{}")) if meta is not None else {}
+        except (OSError, ValueError):
+            covered = {}
+        if covered and sorted(covered) == parts:
+            return covered
         return {p: self.part_summary(p) for p in parts}
 
     def _per_part_manifest(self, parts: list[str]):
         import pyarrow as pa
 
-        tables = [_read_manifest(self._manifest_path(p)) for p in parts]
+        tables = [self._read_manifest(self._manifest_rel(p)) for p in parts]
         if not tables:
             return manifest_schema().empty_table()
         return pa.concat_tables(tables)
 
     def consolidated_manifest(self):
         """The manifest written by :meth:`finalize`, or None (absent or stale)."""
-        import pyarrow.parquet as pq
-
-        path = self.path / CONSOLIDATED_MANIFEST
-        if not path.is_file():
+        meta = self._schema_metadata(CONSOLIDATED_MANIFEST)
+        if meta is None:
             return None
-        meta = pq.read_schema(path).metadata or {}
         covered = json.loads(meta.get(PARTS_META_KEY, b"{}"))
         if sorted(covered) != self.parts():
             return None
-        return _read_manifest(path)
+        return self._read_manifest(CONSOLIDATED_MANIFEST)
+
+    def _read_manifest(self, rel: str):
+        if self.loc.is_local:
+            return _read_manifest(self.path / rel)
+        import pyarrow as pa
+
+        data = self.loc.read_bytes(rel)
+        if data is None:
+            raise StoreError(expected(f"manifest {self.loc.url_of(rel)}",
+                                      "a readable Parquet manifest", "none"))
+        return _read_manifest(pa.BufferReader(data), self.loc.url_of(rel))
 
     def manifest(self, parts: list[str] | None = None):
         """The manifest (a pyarrow Table): one row per trace of the completed parts,
@@ -483,7 +561,8 @@ class ActivationStore:
 
         self._check_known(part)
         try:
-            return zarr.open_group(str(self.part_dir(part)), mode="r", use_consolidated=False)
+            return zarr.open_group(store=self.loc.zarr_store(self.part_rel(part), read_only=True),
+                                   mode="r", use_consolidated=False)
         except FileNotFoundError:
             raise StoreError(expected(f"store {self.path} part {part}",
                                       f"its arrays under {PARTS_DIR}/{part}", "none")) from None
@@ -611,7 +690,7 @@ class ActivationStore:
         models: dict[str, int] = {}
         for model in table["model_id"].to_pylist():
             models[model] = models.get(model, 0) + 1
-        on_disk = tree_bytes(self.path)
+        on_disk = self.loc.tree_bytes()
         entries = total["n_entries"]
         array_bytes = self._array_bytes()
         sparse = sum(v for k, v in array_bytes.items() if k in ROW_CACHE_CONTENT)
@@ -643,10 +722,11 @@ class ActivationStore:
         """Bytes on disk per array name, summed over parts (metadata files included)."""
         out: dict[str, int] = {}
         for part in self.parts():
-            folder = self.part_dir(part)
-            for array in (folder.iterdir() if folder.is_dir() else []):
-                if array.is_dir():
-                    out[array.name] = out.get(array.name, 0) + tree_bytes(array)
+            rel = self.part_rel(part)
+            for name in self.loc.listdir(rel):
+                if name in ("zarr.json", LEASE_FILE):
+                    continue
+                out[name] = out.get(name, 0) + self.loc.tree_bytes(f"{rel}/{name}")
         return dict(sorted(out.items()))
 
 
@@ -663,7 +743,19 @@ def write_manifest(path: Path, table, metadata: dict) -> None:
     atomic_write(path, write)
 
 
-def _read_manifest(path: Path):
+def manifest_bytes(table, metadata: dict) -> bytes:
+    """A manifest as Parquet bytes (one put on object storage)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    with pq.ParquetWriter(sink, table.schema, **PARQUET_OPTIONS) as writer:
+        writer.write_table(table)
+        writer.add_key_value_metadata(metadata)
+    return sink.getvalue().to_pybytes()
+
+
+def _read_manifest(path, name=None):
     """A manifest file as a table of :func:`manifest_schema` (no file metadata)."""
     import pyarrow.parquet as pq
 
@@ -671,7 +763,7 @@ def _read_manifest(path: Path):
         table = pq.read_table(path)
         return table.replace_schema_metadata(None).cast(manifest_schema())
     except (OSError, ValueError) as err:
-        raise StoreError(expected(f"manifest {path}", "a readable Parquet manifest",
+        raise StoreError(expected(f"manifest {name or path}", "a readable Parquet manifest",
                                   err)) from None
 
 

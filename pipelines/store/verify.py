@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -74,11 +73,11 @@ def _fail(report: VerifyReport, part: str, trace: object, message: str, stop: bo
 
 def _check_part(store: ActivationStore, part: str, table: dict, report: VerifyReport) -> None:
     summary = store.part_summary(part)
-    folder = store.part_dir(part)
-    node = folder / "zarr.json"
-    if not node.is_file():
+    folder, rel = store.part_dir(part), store.part_rel(part)
+    node = store.loc.read_json(f"{rel}/zarr.json")
+    if node is None:
         _fail(report, part, None, f"part arrays: expected a group at {folder}, got none")
-    attrs = json.loads(node.read_text()).get("attributes", {})
+    attrs = node.get("attributes", {})
     if attrs.get("schema_version") != SCHEMA_VERSION:
         _fail(report, part, None, f"schema_version: expected {SCHEMA_VERSION}, "
                                   f"got {attrs.get('schema_version')}")
@@ -126,11 +125,12 @@ def _load_arrays(store, part, summary, attrs, report) -> dict:
             _fail(report, part, None, f"array {name}: expected dtype {dtype}, got {array.dtype}")
         shard = array.shards[0] if array.shards else array.chunks[0]
         for index in range(-(-length // shard)):
-            path = store.part_dir(part) / name / "c" / str(index)
-            if not path.is_file():
+            path = f"{store.part_dir(part)}/{name}/c/{index}"
+            size = store.loc.size(f"{store.part_rel(part)}/{name}/c/{index}")
+            if size is None:
                 _fail(report, part, None, f"array {name} shard {index}: expected shard file "
                                           f"{path}, got none")
-            if path.stat().st_size == 0:
+            if size == 0:
                 _fail(report, part, None, f"array {name} shard {index}: expected a shard "
                                           f"with its chunks and index, got an empty file {path}")
         try:

@@ -52,7 +52,8 @@ def staging_of(store: Path, part: str) -> list[Path]:
 
 def test_a_live_second_writer_keeps_the_first_writers_staging(tmp_path):
     store = tmp_path / "store"
-    first = writer(store, "p", 1, {PAUSE_ENV: "staging:p:6"})
+    release = tmp_path / "release"
+    first = writer(store, "p", 1, {PAUSE_ENV: f"staging:p:{release}"})
     deadline = time.monotonic() + 60
     while not any((s / "zarr.json").is_file() and (s / LEASE_FILE).is_file()
                   for s in staging_of(store, "p")):
@@ -65,6 +66,7 @@ def test_a_live_second_writer_keeps_the_first_writers_staging(tmp_path):
     out, err = second.communicate(timeout=120)
     assert second.returncode == 0, err
     assert paused.is_dir() and (paused / LEASE_FILE).is_file(), "live staging was removed"
+    release.touch()
     out, err = first.communicate(timeout=120)
     assert first.returncode == 0, err  # the first finds the part complete: a no-op
     opened = ActivationStore.open(store)
