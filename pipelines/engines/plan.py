@@ -125,6 +125,22 @@ def _fingerprint(store, table) -> tuple[str, dict]:
     return "sha256:" + digest.hexdigest(), summaries
 
 
+def _refuse_duplicate_traces(path: str, table) -> None:
+    """Raise when the manifest lists a trace id more than once (its credit and GMF would
+    be counted twice), naming the first such id and the parts that hold it."""
+    ids = np.asarray(table["trace_id"].to_pylist(), dtype=object)
+    unique, counts = np.unique(ids, return_counts=True)
+    repeated = unique[counts > 1]
+    if repeated.size == 0:
+        return
+    first = str(repeated[0])
+    parts = np.asarray(table["part"].to_pylist(), dtype=object)[ids == first].tolist()
+    more = f" (and {repeated.size - 1} more repeated ids)" if repeated.size > 1 else ""
+    raise EngineError(f"store {path} manifest trace_id: expected every trace id once, got "
+                      f"{first!r} {len(parts)} times, in parts {', '.join(map(str, parts))}"
+                      f"{more}")
+
+
 def plan_run(config: ScoreConfig) -> RunPlan:
     """Open the store, read its manifest and split it into work units (manifest order)."""
     from ..store import StoreError
@@ -140,6 +156,7 @@ def plan_run(config: ScoreConfig) -> RunPlan:
                           f"got {err}") from None
     if table.num_rows == 0:
         raise EngineError(f"store {config.store}: expected at least one complete trace, got 0")
+    _refuse_duplicate_traces(config.store, table)
     columns = {name: table[name].to_numpy(zero_copy_only=False) for name in UNIT_COLUMNS}
     entries = table["n_entries"].to_numpy()
     parts = np.asarray(table["part"].to_pylist(), dtype=object)
