@@ -23,3 +23,32 @@ def reference_dir() -> Path:
     if not REFERENCE.is_dir():
         pytest.fail(f"reference example missing: expected {REFERENCE} (../shared beside the repo)")
     return REFERENCE
+
+
+# --------------------------------------------------------------------------- CI: no skips
+def _under_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _skipped_reports(config) -> list:
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    return list(reporter.stats.get("skipped", [])) if reporter is not None else []
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Under CI, name every skipped test: a skip there means a missing install step."""
+    skipped = _skipped_reports(config)
+    if _under_ci() and skipped:
+        terminalreporter.section("CI: skipped tests fail the run", red=True)
+        for report in skipped:
+            reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+            terminalreporter.write_line(f"{report.nodeid}: {reason}")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session, exitstatus):
+    """Under CI (``CI=true``), any skipped test or module makes the run fail (exit 1), so
+    a missing optional install (torch, the model packages, ...) cannot pass unnoticed."""
+    if _under_ci() and exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED) \
+            and _skipped_reports(session.config):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
