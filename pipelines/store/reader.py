@@ -12,7 +12,6 @@ verified against the part's recorded array checksums. Any failure is a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -20,7 +19,7 @@ from nex_transforms import Aggregates, NexError, RowCorpus
 from nex_transforms.segments import segment_sums
 
 from ..records import TOKEN_STAT_NAMES
-from .schema import StoreError
+from .schema import StoreError, array_dtype, check_storage
 
 
 class BatchReadError(StoreError):
@@ -66,24 +65,31 @@ class WorkUnit:
     def where(self, trace: int | None = None) -> str:
         """``part P, trace T`` or ``part P, traces A .. B`` for error messages."""
         ids = self.meta["trace_id"]
-        if trace is not None:
+        if trace is not None and len(ids):
             return f"part {self.part}, trace {ids[trace]}"
+        if not len(ids):
+            return f"part {self.part}"
         if len(ids) == 1:
             return f"part {self.part}, trace {ids[0]}"
         return f"part {self.part}, traces {ids[0]} .. {ids[-1]} ({len(ids)} traces)"
 
 
-def _check_shards(group_path: Path, name: str, array, a: int, b: int, unit: WorkUnit) -> None:
-    """Raise when a shard file covering elements ``[a, b)`` is missing (zarr would read it
-    back as fill values)."""
+def _check_shards(store, rel: str, name: str, array, a: int, b: int, unit: WorkUnit) -> None:
+    """Raise when a shard file covering elements ``[a, b)`` is missing or empty (zarr
+    would read it back as fill values)."""
     if b <= a:
         return
     length = (array.shards or array.chunks)[0]
-    folder = group_path / name / "c"
     for shard in range(a // length, (b - 1) // length + 1):
-        if not (folder / str(shard)).is_file():
+        key = f"{rel}/{name}/c/{shard}"
+        size = store.loc.size(key)
+        if size is None:
             raise BatchReadError(f"{unit.where()}: array {name} shard {shard}: expected "
-                                 f"{folder / str(shard)}, got a missing file")
+                                 f"{store.loc.url}/{key}, got a missing file")
+        if size == 0:
+            raise BatchReadError(f"{unit.where()}: array {name} shard {shard}: expected "
+                                 f"its chunks and index in {store.loc.url}/{key}, got an "
+                                 "empty file (truncated)")
 
 
 def _check_pointer(unit: WorkUnit, what: str, got: np.ndarray, starts, stops) -> None:
@@ -108,14 +114,17 @@ class _UnitReader:
 
     def __init__(self, store, unit: WorkUnit) -> None:
         self.unit = unit
-        self.path = store.part_dir(unit.part)
+        self.store = store
         self.read_whole: dict[str, np.ndarray] = {}
         try:
-            if not self.path.is_dir():
+            self.rel = store.part_rel(unit.part)
+            self.path = store.part_dir(unit.part)
+            if not store.loc.exists(f"{self.rel}/zarr.json"):
                 raise BatchReadError(f"{unit.where()}: part arrays: expected a folder "
                                      f"{self.path}, got none (missing part)")
             self.group = store.open_part(unit.part)
             self.names = set(self.group.array_keys())
+            self.storage = check_storage(self.group.attrs.get("storage") or store.storage)
         except BatchReadError:
             raise
         except (StoreError, OSError, ValueError, KeyError) as err:
@@ -132,7 +141,11 @@ class _UnitReader:
                                  f"{unit.part}, got none")
         try:
             array = self.group[name]
-            _check_shards(self.path, name, array, a, b, unit)
+            wanted = array_dtype(name, self.storage)
+            if array.dtype != wanted:
+                raise BatchReadError(f"{unit.where()}: array {name}: expected dtype {wanted}, "
+                                     f"got {array.dtype}")
+            _check_shards(self.store, self.rel, name, array, a, b, unit)
             values = array[a:b]
         except BatchReadError:
             raise
@@ -212,4 +225,108 @@ def read_unit(store, unit: WorkUnit, aggregates_only: bool = False):
     return corpus, stats
 
 
-__all__ = ["BatchReadError", "UNIT_COLUMNS", "WorkUnit", "read_unit"]
+def units_of(table, whole: bool = False) -> list[WorkUnit]:
+    """One unit per run of consecutive traces of one part in a manifest ``table`` (rows
+    in manifest order); ``whole``: each unit covers its part's traces from the first
+    stored one on, so that whole-part units verify the recorded checksums."""
+    columns = {name: table[name].to_numpy(zero_copy_only=False) for name in UNIT_COLUMNS}
+    parts = np.asarray(table["part"].to_pylist(), dtype=object)
+    index = columns["trace_index"].astype(np.int64)
+    breaks = np.flatnonzero((parts[1:] != parts[:-1]) | (np.diff(index) != 1)) + 1 \
+        if parts.size else np.zeros(0, np.int64)
+    units = []
+    for a, b in zip([0, *breaks.tolist()], [*breaks.tolist(), parts.size]):
+        if b <= a:
+            continue
+        meta = {name: columns[name][a:b] for name in UNIT_COLUMNS}
+        for name in _STRING_COLUMNS:
+            meta[name] = [str(v) for v in meta[name]]
+        units.append(WorkUnit(len(units), str(parts[a]), int(index[a]), int(index[b - 1]) + 1,
+                              whole_part=whole, meta=meta))
+    return units
+
+
+def read_selection(store, table, token_stats: bool = True):
+    """``(corpus, token_stats)`` of the traces of a manifest ``table`` (in its order),
+    every slice read through :func:`read_unit`; ``token_stats`` is None when not asked."""
+    from nex_transforms import concat_corpora
+
+    corpora, stats = [], []
+    for unit in units_of(table):
+        corpus, unit_stats = read_unit(store, unit)
+        corpora.append(corpus)
+        stats.append(unit_stats)
+    if not corpora:
+        empty = np.zeros(0)
+        corpus = RowCorpus(np.zeros(1, np.int64), np.zeros(1, np.int64), empty.astype(np.int64),
+                           empty.astype(np.uint32), empty.astype(np.float16),
+                           Aggregates(np.zeros(1, np.int64), empty.astype(np.uint32),
+                                      empty.astype(np.float16)))
+    else:
+        corpus = corpora[0] if len(corpora) == 1 else concat_corpora(corpora)
+    if not token_stats:
+        return corpus, None
+    merged = {}
+    for name in TOKEN_STAT_NAMES:
+        ptrs = [s[name][0] for s in stats]
+        merged[name] = (_concat_ptr(ptrs), np.concatenate([s[name][1] for s in stats])
+                        .astype(np.float32) if stats else np.zeros(0, np.float32))
+    return corpus, merged
+
+
+def _concat_ptr(ptrs: list) -> np.ndarray:
+    lengths = [np.diff(p) for p in ptrs]
+    if not lengths:
+        return np.zeros(1, np.int64)
+    return np.concatenate([[0], np.cumsum(np.concatenate(lengths))]).astype(np.int64)
+
+
+def read_token_ids(store, table) -> tuple[np.ndarray, np.ndarray]:
+    """``(ptr, token_ids)`` of the traces of a manifest ``table``, checked like
+    :func:`read_unit` (pointers against the manifest, shards present, dtypes)."""
+    ptrs, values = [], []
+    for unit in units_of(table):
+        reader = _UnitReader(store, unit)
+        token_ptr = reader.read("token_ptr", unit.start, unit.stop + 1)
+        _check_pointer(unit, "token pointer", token_ptr, unit.meta["token_start"],
+                       unit.meta["token_stop"])
+        k0, k1 = int(token_ptr[0]), int(token_ptr[-1])
+        ptrs.append(token_ptr - k0)
+        values.append(reader.read("token_ids", k0, k1))
+    return _concat_ptr(ptrs), (np.concatenate(values).astype(np.int32) if values
+                               else np.zeros(0, np.int32))
+
+
+def read_part_arrays(store, part: str, table, names: list[str] | None = None) -> dict:
+    """Whole arrays of one part (all stored ones by default), each through the checked
+    path; the part's pointers are compared with its manifest ``table`` and the recorded
+    checksums are verified."""
+    units = units_of(table, whole=True)
+    if not units:  # a part without traces: its arrays are pointers of one 0 each
+        meta = {name: table[name].to_numpy(zero_copy_only=False) for name in UNIT_COLUMNS}
+        units = [WorkUnit(0, part, 0, 0, whole_part=True, meta=meta)]
+    (unit,) = units
+    if unit.part != part or unit.start != 0:
+        raise BatchReadError(f"part {part}: expected its manifest rows, got another table")
+    reader = _UnitReader(store, unit)
+    names = sorted(reader.names) if names is None else names
+    out = {}
+    for name in names:
+        length = reader.group[name].shape[0] if reader.has(name) else 0
+        out[name] = reader.read(name, 0, length)
+    meta = unit.meta
+    checks = {"trace_row_ptr": ("row pointer", "row_start", "row_stop"),
+              "agg_ptr": ("aggregate pointer", "agg_start", "agg_stop"),
+              "token_ptr": ("token pointer", "token_start", "token_stop")}
+    for name, (what, start, stop) in checks.items():
+        if name in out and unit.n_traces:
+            _check_pointer(unit, what, out[name], meta[start], meta[stop])
+    if "row_entry_ptr" in out and "trace_row_ptr" in out and unit.n_traces:
+        _check_pointer(unit, "entry pointer", out["row_entry_ptr"][out["trace_row_ptr"]],
+                       meta["entry_start"], meta["entry_stop"])
+    reader.verify_checksums()
+    return out
+
+
+__all__ = ["BatchReadError", "UNIT_COLUMNS", "WorkUnit", "read_part_arrays",
+           "read_selection", "read_token_ids", "read_unit", "units_of"]

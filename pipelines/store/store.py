@@ -23,9 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nex_transforms import Aggregates, RowCorpus, concat_corpora
+from nex_transforms import RowCorpus
 from nex_transforms.errors import expected
-from nex_transforms.segments import ranges
 
 from ..atomic import atomic_write
 from ..records import TraceRecord
@@ -33,7 +32,7 @@ from .encode import EncodedPart, decode_records, encode_part
 from .fs import (LEASE_FILE, Lease, Location, create_exclusive, fault_point, group_node,
                  lease_live, pause_point)
 from .schema import (CONSOLIDATED_MANIFEST, MANIFESTS_DIR, PARQUET_OPTIONS, PARTS_DIR,
-                     SCHEMA_VERSION, STAGING_DIR, STORE_KIND, TOKEN_STATS, StoreError,
+                     SCHEMA_VERSION, STAGING_DIR, STORE_KIND, StoreError,
                      check_part_name, check_storage, chunk_codecs, chunking, manifest_schema)
 
 PART_META_KEY = b"nex_store_part"
@@ -568,17 +567,11 @@ class ActivationStore:
                                       f"its arrays under {PARTS_DIR}/{part}", "none")) from None
 
     def read_arrays(self, part: str, names: list[str] | None = None) -> dict:
-        """Whole arrays of a part (all stored arrays by default)."""
-        group = self.open_part(part)
-        names = names if names is not None else [n for n in group.array_keys()]
-        out = {}
-        for name in names:
-            try:
-                out[name] = group[name][...]
-            except KeyError:
-                raise StoreError(expected(f"store {self.path} part {part}",
-                                          f"an array {name!r}", "none")) from None
-        return out
+        """Whole arrays of a part (all stored arrays by default), read through the checked
+        reader (shards present, dtypes, pointers against the manifest, checksums)."""
+        from .reader import read_part_arrays
+
+        return read_part_arrays(self, part, self.manifest([part]), names)
 
     def _selection(self, parts, trace_ids):
         table = self.manifest(parts)
@@ -596,82 +589,30 @@ class ActivationStore:
             table = table.filter(mask)
         return table
 
-    def _groups(self, table) -> list[tuple[str, np.ndarray]]:
-        """(part, trace indices within the part) in manifest order."""
-        part_col = np.asarray(table["part"].to_pylist(), dtype=object)
-        index = table["trace_index"].to_numpy()
-        out, start = [], 0
-        for stop in list(np.flatnonzero(part_col[1:] != part_col[:-1]) + 1) + [len(part_col)]:
-            if stop > start:
-                out.append((part_col[start], index[start:stop]))
-            start = stop
-        return out
-
     def read_corpus(self, parts: list[str] | None = None,
                     trace_ids: list[str] | None = None) -> RowCorpus:
         """The sparse rows (with their stored aggregates) of the selected traces, in
-        manifest order. ``parts`` and ``trace_ids`` narrow the selection."""
-        table = self._selection(parts, trace_ids)
-        corpora = [self._part_corpus(part, traces) for part, traces in self._groups(table)]
-        if not corpora:
-            empty = np.zeros(0)
-            return RowCorpus(np.zeros(1, np.int64), np.zeros(1, np.int64), empty.astype(np.int64),
-                             empty.astype(np.uint32), empty.astype(np.float16),
-                             Aggregates(np.zeros(1, np.int64), empty.astype(np.uint32),
-                                        empty.astype(np.float16)))
-        return corpora[0] if len(corpora) == 1 else concat_corpora(corpora)
+        manifest order. ``parts`` and ``trace_ids`` narrow the selection. Every slice goes
+        through the checked reader (:mod:`pipelines.store.reader`): a missing, empty or
+        corrupt shard, a wrong dtype or a pointer that disagrees with the manifest raises
+        :class:`~pipelines.store.reader.BatchReadError` naming the part and traces."""
+        from .reader import read_selection
 
-    def _part_corpus(self, part: str, traces: np.ndarray) -> RowCorpus:
-        group = self.open_part(part)
-        trace_row = group["trace_row_ptr"][...]
-        agg_ptr = group["agg_ptr"][...]
-        t0, t1 = int(traces.min()), int(traces.max()) + 1
-        r0, r1 = int(trace_row[t0]), int(trace_row[t1])
-        entry_ptr = group["row_entry_ptr"][r0:r1 + 1]
-        e0, e1 = int(entry_ptr[0]), int(entry_ptr[-1])
-        a0, a1 = int(agg_ptr[t0]), int(agg_ptr[t1])
-        span = RowCorpus(
-            trace_row_ptr=trace_row[t0:t1 + 1] - r0, row_entry_ptr=entry_ptr - e0,
-            row_tokens=group["row_tokens"][r0:r1].astype(np.int64),
-            keys=group["keys"][e0:e1], masses=group["masses"][e0:e1],
-            aggregates=Aggregates(agg_ptr[t0:t1 + 1] - a0, group["agg_keys"][a0:a1],
-                                  group["agg_masses"][a0:a1]))
-        local = traces - t0
-        if local.size == span.n_traces and np.array_equal(local, np.arange(span.n_traces)):
-            return span
-        return span.select(local)
+        return read_selection(self, self._selection(parts, trace_ids), token_stats=False)[0]
 
     def read_token_stats(self, parts: list[str] | None = None,
                          trace_ids: list[str] | None = None) -> dict:
-        """Per-token arrays of the selected traces, in manifest order.
+        """Per-token arrays of the selected traces, in manifest order (checked reader).
 
         Returns ``{name: (ptr, values)}`` for ``"token_ids"`` (int32) and every name of
         ``TOKEN_STAT_NAMES`` (float32, NaN where a trace has no such statistic); trace
         ``t`` owns ``values[ptr[t]:ptr[t+1]]``.
         """
+        from .reader import read_selection, read_token_ids
+
         table = self._selection(parts, trace_ids)
-        names = ["token_ids", *TOKEN_STATS]
-        chunks: dict[str, list[np.ndarray]] = {n: [] for n in names}
-        lengths: list[np.ndarray] = []
-        for part, traces in self._groups(table):
-            group = self.open_part(part)
-            token_ptr = group["token_ptr"][...]
-            stored = set(group.array_keys())
-            starts, stops = token_ptr[traces], token_ptr[traces + 1]
-            lengths.append(stops - starts)
-            k0, k1 = int(starts.min()), int(stops.max())
-            idx = ranges(starts, stops) - k0
-            for name in names:
-                if name in stored:
-                    chunks[name].append(group[name][k0:k1][idx])
-                else:
-                    chunks[name].append(np.full(idx.size, np.nan, np.float32))
-        ptr = np.concatenate([[0], np.cumsum(np.concatenate(lengths))]).astype(np.int64) \
-            if lengths else np.zeros(1, np.int64)
-        dtypes = {"token_ids": np.int32}
-        return {n: (ptr, np.concatenate(chunks[n]).astype(dtypes.get(n, np.float32))
-                    if chunks[n] else np.zeros(0, dtypes.get(n, np.float32)))
-                for n in names}
+        _, stats = read_selection(self, table)
+        return {"token_ids": read_token_ids(self, table), **stats}
 
     def read_records(self, part: str) -> list[TraceRecord]:
         """The records of a completed part, as written (masses in the storage dtype)."""
