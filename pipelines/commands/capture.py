@@ -12,6 +12,9 @@ import json
 
 def cmd_capture(args: argparse.Namespace) -> int:
     from ..capture import CaptureConfig, run_capture, summary_dict
+    from ..store.fs import apply_storage_options
+
+    apply_storage_options(args.storage_options)
 
     config = CaptureConfig(
         model=args.model, prompts=args.prompts, out=args.out, samples=args.samples,
@@ -90,4 +93,7 @@ def register(subparsers) -> None:
                         "prompt text or given response (default: refuse, naming the field)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    from ..store.fs import add_storage_options_flag
+
+    add_storage_options_flag(p)
     p.set_defaults(func=cmd_capture)

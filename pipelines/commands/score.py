@@ -32,6 +32,9 @@ def cmd_score(args: argparse.Namespace) -> int:
                            f"got {args.engine_args[:3]} with --engine {args.engine}")
     if args.workers is not None and args.workers < 1:
         raise CommandError(f"--workers: expected an integer >= 1, got {args.workers}")
+    from ..store.fs import apply_storage_options
+
+    apply_storage_options(args.storage_options)  # object-store stores: workers inherit it
     config = ScoreConfig(store=args.store, params=params_from_args(args),
                          calibration=calibration, weights_file=args.weights,
                          phases=args.phases, batch_entries=args.batch_entries)
@@ -96,5 +99,8 @@ def register(subparsers) -> None:
                        help="dask: address of an existing scheduler (tcp://HOST:PORT)")
     score.add_argument("--json", action="store_true", help="print run.json to stdout")
     add_method_options(score)
+    from ..store.fs import add_storage_options_flag
+
+    add_storage_options_flag(score)
     score.set_defaults(func=cmd_score, engine_args=[])
     score.__class__ = _PassThroughParser  # split at '--' before argparse sees the rest

@@ -6,7 +6,14 @@ import argparse
 import json
 
 
+def _storage(args: argparse.Namespace) -> None:
+    from ..store.fs import apply_storage_options
+
+    apply_storage_options(getattr(args, "storage_options", None))
+
+
 def cmd_info(args: argparse.Namespace) -> int:
+    _storage(args)
     from ..store import ActivationStore
 
     info = ActivationStore.open(args.store).info()
@@ -23,6 +30,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    _storage(args)
     from ..store import ActivationStore, StoreError
     from ..store.verify import verify_store
 
@@ -37,6 +45,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_finalize(args: argparse.Namespace) -> int:
+    _storage(args)
     from ..store import ActivationStore
 
     store = ActivationStore.open(args.store)
@@ -46,6 +55,7 @@ def cmd_finalize(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    _storage(args)
     from ..store.rows_cache_io import import_rows_cache
 
     store, parts = import_rows_cache(args.cache, args.store, model_id=args.model_id,
@@ -60,6 +70,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    _storage(args)
     from ..store import ActivationStore
     from ..store.rows_cache_io import export_rows_cache
 
@@ -73,20 +84,25 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     """Add the ``store`` group: info, verify, finalize, import-rows-cache, export-rows-cache."""
+    from ..store.fs import add_storage_options_flag
+
     group = subparsers.add_parser("store", help="inspect and convert an activation store")
     sub = group.add_subparsers(dest="store_command", metavar="ACTION", required=True)
 
     info = sub.add_parser("info", help="counts, sizes and models of STORE")
     info.add_argument("store")
     info.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_storage_options_flag(info)
     info.set_defaults(func=cmd_info)
 
     verify = sub.add_parser("verify", help="check every invariant of STORE")
     verify.add_argument("store")
+    add_storage_options_flag(verify)
     verify.set_defaults(func=cmd_verify)
 
     finalize = sub.add_parser("finalize", help="write the consolidated manifest and metadata")
     finalize.add_argument("store")
+    add_storage_options_flag(finalize)
     finalize.set_defaults(func=cmd_finalize)
 
     imp = sub.add_parser("import-rows-cache", help="import a row cache (lossless) into STORE")
@@ -100,6 +116,7 @@ def register(subparsers) -> None:
                      help="traces per store part (default %(default)s)")
     imp.add_argument("--no-finalize", action="store_true",
                      help="skip writing the consolidated manifest")
+    add_storage_options_flag(imp)
     imp.set_defaults(func=cmd_import)
 
     exp = sub.add_parser("export-rows-cache", help="write STORE in the row-cache layout")
@@ -107,4 +124,5 @@ def register(subparsers) -> None:
     exp.add_argument("cache")
     exp.add_argument("--model-id", default=None,
                      help="export only this model's traces (default: all, manifest order)")
+    add_storage_options_flag(exp)
     exp.set_defaults(func=cmd_export)

@@ -115,11 +115,8 @@ def _fingerprint(store, table) -> tuple[str, dict]:
     summaries = store.part_summaries()
     checksums = {}
     for part in sorted(summaries):
-        node = store.part_dir(part) / "zarr.json"
-        try:
-            checksums[part] = json.loads(node.read_text()).get("attributes", {}).get("checksums")
-        except (OSError, ValueError):
-            checksums[part] = None
+        node = store.loc.read_json(f"{store.part_rel(part)}/zarr.json") or {}
+        checksums[part] = node.get("attributes", {}).get("checksums")
     digest.update(json.dumps(summaries, sort_keys=True).encode())
     digest.update(json.dumps(checksums, sort_keys=True).encode())
     return "sha256:" + digest.hexdigest(), summaries
@@ -145,7 +142,10 @@ def plan_run(config: ScoreConfig) -> RunPlan:
     """Open the store, read its manifest and split it into work units (manifest order)."""
     from ..store import StoreError
 
-    config = dataclasses.replace(config, store=str(Path(config.store).resolve()))
+    from ..store.fs import is_url
+
+    if not is_url(config.store):  # object-store URLs are absolute already
+        config = dataclasses.replace(config, store=str(Path(config.store).resolve()))
     store = open_store(config.store)
     try:
         table = store.manifest()

@@ -369,3 +369,31 @@ class Location:
         from pyarrow.fs import FSSpecHandler, PyFileSystem
 
         return PyFileSystem(FSSpecHandler(self.sfs))
+
+
+def apply_storage_options(text: str | None) -> dict:
+    """Parse ``--storage-options JSON`` and make it the default of every object-store
+    :class:`Location` of this process and of the processes it starts (engine workers),
+    through ``NEX_STORAGE_OPTIONS``. Returns the options."""
+    from .schema import StoreError
+
+    if text is None:
+        return {}
+    try:
+        options = json.loads(text)
+    except ValueError as err:
+        raise StoreError(f"--storage-options: expected a JSON object, got {text!r} ({err})") \
+            from None
+    if not isinstance(options, dict):
+        raise StoreError(f"--storage-options: expected a JSON object, got {text!r}")
+    os.environ["NEX_STORAGE_OPTIONS"] = json.dumps(options)
+    return options
+
+
+def add_storage_options_flag(parser) -> None:
+    """The ``--storage-options JSON`` flag of every command that opens a store."""
+    parser.add_argument("--storage-options", default=None, metavar="JSON",
+                        help="fsspec options of an object-store URL (s3://...), e.g. "
+                             "'{\"key\": ..., \"secret\": ..., \"endpoint_url\": ...}'; "
+                             "default: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+                             "AWS_ENDPOINT_URL from the environment")
