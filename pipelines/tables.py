@@ -130,6 +130,48 @@ def write_table(path: str | os.PathLike, table) -> Path:
     return path
 
 
+class TableWriter:
+    """Append batches of rows to one table's Parquet file (zstd, one row group per
+    batch), so a run never holds a whole table in memory. An unwritten table is written
+    empty on close. Use as a context manager."""
+
+    def __init__(self, folder: str | os.PathLike, name: str) -> None:
+        self.name = name
+        self.path = table_path(folder, name)
+        self.schema = schema(name)
+        self.rows = 0
+        self._writer = None
+
+    def write(self, columns) -> None:
+        """Append a dict of columns (or a pyarrow Table of this table's schema)."""
+        import pyarrow.parquet as pq
+
+        table = columns if hasattr(columns, "num_rows") else to_table(self.name, columns)
+        if table.num_rows == 0:
+            return
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self.path, self.schema,
+                                            compression=PARQUET_COMPRESSION)
+        self._writer.write_table(table)
+        self.rows += table.num_rows
+
+    def close(self) -> None:
+        if self._writer is None:
+            write_table(self.path, self.schema.empty_table())
+        else:
+            self._writer.close()
+            self._writer = None
+
+    def __enter__(self) -> "TableWriter":
+        return self
+
+    def __exit__(self, kind, value, tb) -> None:
+        if kind is None:
+            self.close()
+        elif self._writer is not None:
+            self._writer.close()
+
+
 def table_path(tables: str | os.PathLike, name: str) -> Path:
     return Path(tables) / f"{name}.parquet"
 
@@ -363,7 +405,7 @@ def write_run_json(staging: Path, plan, engine: str, engine_info: dict, timings:
     return summary
 
 
-__all__ = ["BASELINES", "RUN_JSON", "TABLES_SCHEMA_VERSION", "TABLE_NAMES", "TablesError",
-           "concat_columns", "model_columns", "neuron_columns", "phase_columns", "read_run",
+__all__ = ["BASELINES", "RUN_JSON", "TABLES_SCHEMA_VERSION", "TABLE_NAMES", "TableWriter",
+           "TablesError", "concat_columns", "model_columns", "neuron_columns", "phase_columns", "read_run",
            "read_table", "schema", "staged_output", "table_path", "to_table",
            "weights_from_neurons", "write_run_json", "write_table"]

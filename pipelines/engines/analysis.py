@@ -41,8 +41,9 @@ class UnitResult:
         credit: calibration key -> credit of the unit's traces of that key.
         stats: per-trace columns (unit order): identity, counts, cycles, baselines.
         phases: per kept row columns, or None when phases were not asked for.
-        aggregates: the unit's whole-response aggregates, kept for scoring (about a
-            sixth of the unit's row data; None: :func:`score_unit` reads them again).
+        aggregates: the unit's whole-response aggregates, or None (what
+            :func:`analyse_unit` returns): :func:`score_unit` reads them again, so no
+            engine holds every unit's aggregates until scoring.
     """
 
     unit: WorkUnit
@@ -98,7 +99,7 @@ def analyse_unit(store, unit: WorkUnit, config: ScoreConfig) -> UnitResult:
     if config.phases:
         phases = tables.phase_columns(unit.meta["trace_id"], unit.meta["model_id"],
                                       phase_parts)
-    return UnitResult(unit, credit, stats, phases, corpus.aggregates)
+    return UnitResult(unit, credit, stats, phases)  # aggregates are read again to score
 
 
 def merge_credit(parts) -> dict:
@@ -138,30 +139,50 @@ def score_unit(store, result: UnitResult, weights: dict, config: ScoreConfig) ->
     return rows
 
 
-def write_results(staging: Path, plan: RunPlan, response_parts: list, credit: dict | None,
-                  weights: dict, phase_parts: list | None) -> dict:
-    """Write the tables of an in-memory run (local and Dask engines) with pyarrow.
+class CreditMerger:
+    """Credit merged as unit results arrive: at most ``block`` per-unit dicts are held
+    before they are merged into one (memory bounded by the credited keys, not by the
+    number of units)."""
 
-    ``response_parts`` and ``phase_parts`` are column dicts in unit order. Returns
-    counts for the run summary.
+    def __init__(self, block: int = 16) -> None:
+        self.block = block
+        self._pending: list[dict] = []
+
+    def add(self, credit: dict) -> None:
+        self._pending.append(credit)
+        if len(self._pending) >= self.block:
+            self._pending = [merge_credit(self._pending)]
+
+    def result(self) -> dict:
+        return merge_credit(self._pending)
+
+
+def write_tables(staging: Path, plan: RunPlan, response_rows, credit: dict | None,
+                 weights: dict) -> dict:
+    """Write the responses, models and neurons tables of a run into ``staging``.
+
+    ``response_rows`` is an iterable of per-unit response row dicts (unit order): each is
+    appended to ``responses.parquet`` and tallied as it arrives, so only one unit's rows
+    are in memory at a time. Returns counts for the run summary.
     """
     config = plan.config
-    responses = tables.concat_columns(response_parts)
-    tables.write_table(tables.table_path(staging, "responses"),
-                       tables.to_table("responses", responses))
-    tallies = merge_tallies([tally_responses(responses, config.params.min_rows)])
+    tallies: dict = {}
+    n_responses = 0
+    with tables.TableWriter(staging, "responses") as responses:
+        for rows in response_rows:
+            responses.write(rows)
+            tallies = merge_tallies([tallies, tally_responses(rows, config.params.min_rows)])
+            n_responses += len(rows["trace_id"])
     tables.write_table(tables.table_path(staging, "models"),
                        tables.to_table("models", tables.model_columns(tallies, weights, config)))
-    neuron_parts = [tables.neuron_columns(key, weights[key], (credit or {}).get(key))
-                    for key in sorted(weights)]
-    tables.write_table(tables.table_path(staging, "neurons"),
-                       tables.to_table("neurons", tables.concat_columns(neuron_parts)))
-    if phase_parts is not None:
-        tables.write_table(tables.table_path(staging, "phases"),
-                           tables.to_table("phases", tables.concat_columns(phase_parts)))
-    return {"responses": int(len(responses.get("trace_id", []))),
-            "neurons": int(sum(len(p["key"]) for p in neuron_parts))}
+    n_neurons = 0
+    with tables.TableWriter(staging, "neurons") as neurons:
+        for key in sorted(weights):
+            columns = tables.neuron_columns(key, weights[key], (credit or {}).get(key))
+            neurons.write(columns)
+            n_neurons += len(columns["key"])
+    return {"responses": n_responses, "neurons": n_neurons}
 
 
-__all__ = ["UnitResult", "analyse_unit", "merge_credit", "plan_weights", "score_unit",
-           "write_results"]
+__all__ = ["CreditMerger", "UnitResult", "analyse_unit", "merge_credit", "plan_weights",
+           "score_unit", "write_tables"]

@@ -7,7 +7,8 @@ is one task; per-key credit is merged by a tree reduction on the cluster, the we
 are computed there from the merged credit, and every unit is then scored by a task that
 depends on them. Everything is a graph of tasks with lineage, so a worker lost mid-run
 only costs the recomputation of what it held. Tables are written with pyarrow on the
-client.
+client as results arrive, in unit order, each result released once written (the client
+never holds every unit's rows; units keep no aggregates: scoring tasks read them again).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from pathlib import Path
 import dask
 from distributed import Client, LocalCluster, wait
 
-from .analysis import analyse_unit, merge_credit, score_unit, write_results
+from .. import tables
+from .analysis import analyse_unit, merge_credit, score_unit, write_tables
 from .plan import GLOBAL_KEY, EngineError, RunPlan, ScoreConfig, calibration_keys, open_store
 from .weights import weights_for_keys
 
@@ -65,13 +67,24 @@ def _raise_first_error(futures) -> None:
                               "(the cluster went away?)")
 
 
-def compute(client: Client, plan: RunPlan):
-    """Submit the run to ``client``; returns ``(credit, weights, responses, phases)``."""
+def _in_order(futures: list):
+    """Results of ``futures`` in order, each released (on the cluster and here) once
+    handed over, so only one is held on the client at a time."""
+    for i, future in enumerate(futures):
+        futures[i] = None
+        _raise_first_error([future])
+        result = future.result()
+        future.release()
+        yield result
+
+
+def compute(client: Client, plan: RunPlan, staging: Path) -> dict:
+    """Run the plan on ``client`` and write its tables into ``staging`` as results arrive
+    (phases, then responses, in unit order); returns the table counts."""
     config = plan.config
     run = uuid.uuid4().hex[:8]
     analysed = [client.submit(_analyse, config, unit, key=f"nex-analyse-{run}-{unit.index}",
                               pure=False) for unit in plan.units]
-    credit = None
     if plan.fixed_weights is not None:
         [weights_future] = client.scatter([{GLOBAL_KEY: plan.fixed_weights}],
                                           broadcast=True, hash=False)
@@ -93,13 +106,14 @@ def compute(client: Client, plan: RunPlan):
     phase_futures = ([client.submit(_phases, f, key=f"nex-phases-{run}-{i}", pure=False)
                       for i, f in enumerate(analysed)] if config.phases else [])
     _raise_first_error(analysed)
-    _raise_first_error(scored)
-    if plan.fixed_weights is None:
-        credit = root.result()
+    del analysed  # the scoring and phases tasks hold what they still need
+    credit = root.result() if plan.fixed_weights is None else None
     weights = weights_future.result()
-    responses = client.gather(scored)
-    phases = client.gather(phase_futures) if config.phases else None
-    return credit, weights, responses, phases
+    if config.phases:
+        with tables.TableWriter(staging, "phases") as phases:
+            for columns in _in_order(phase_futures):
+                phases.write(columns)
+    return write_tables(staging, plan, _in_order(scored), credit, weights)
 
 
 def run(plan: RunPlan, staging: Path, options: dict) -> dict:
@@ -144,11 +158,10 @@ def run(plan: RunPlan, staging: Path, options: dict) -> dict:
                                   f"got {type(err).__name__}: {err}") from None
             with client:
                 n_workers = len(client.scheduler_info().get("workers", {}))
-                credit, weights, responses, phases = compute(client, plan)
+                counts = compute(client, plan, staging)
         finally:
             if cluster is not None:
                 cluster.close()
             quiet.setLevel(level)
-    counts = write_results(staging, plan, responses, credit, weights, phases)
     return {"runner": "dask.distributed", "scheduler": scheduler or "LocalCluster",
             "workers": n_workers, **counts}
