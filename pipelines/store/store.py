@@ -223,6 +223,8 @@ class ActivationStore:
         on object storage the writer's unique group named by the part's manifest."""
         if self.loc.is_local:
             return f"{PARTS_DIR}/{part}"
+        if part in self._summaries:
+            return f"{PARTS_DIR}/{self._summaries[part].get('group') or part}"
         group = self.part_summary(part).get("group") if self.has_part(part) else None
         return f"{PARTS_DIR}/{group or part}"
 

@@ -1,8 +1,8 @@
 """The store on object storage: a real S3-compatible server (moto in server mode, its own
 process group on 127.0.0.1), credentials and endpoint from the environment or
 ``--storage-options``. Capture a tiny model into ``s3://``, verify, export, and score with
-the local engine and a Dask cluster of two worker processes: the same tables as the same
-run on local disk."""
+the local engine, Beam and a Dask cluster of two worker processes: the same tables as the
+same run on local disk."""
 
 from __future__ import annotations
 
@@ -234,7 +234,8 @@ def test_capture_into_s3_then_score_local_and_dask_equal_local_disk(s3, tiny, tm
     assert main(["score", f"{s3}/acts", "--out", str(out / "s3-local")]) == 0
     assert main(["score", f"{s3}/acts", "--out", str(out / "s3-dask"), "--engine", "dask",
                  "--scheduler", dask_cluster]) == 0
+    assert main(["score", f"{s3}/acts", "--out", str(out / "s3-beam"), "--engine", "beam"]) == 0
     assert tables.read_run(out / "s3-dask")["engine_info"]["workers"] == 2
-    tables_equal(out / "disk", out / "s3-local")
-    tables_equal(out / "disk", out / "s3-dask")
+    for run in ("s3-local", "s3-dask", "s3-beam"):
+        tables_equal(out / "disk", out / run)
     shutil.rmtree(out)
