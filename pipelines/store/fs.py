@@ -360,7 +360,12 @@ class Location:
             return LocalStore(str(self.local / rel), read_only=read_only)
         from zarr.storage import FsspecStore
 
-        return FsspecStore(self.fs, read_only=read_only, path=self.key(rel))
+        fs = self.fs
+        if not getattr(fs, "async_impl", False):  # e.g. memory://: zarr needs an async API
+            from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
+
+            fs = AsyncFileSystemWrapper(fs, asynchronous=True)
+        return FsspecStore(fs, read_only=read_only, path=self.key(rel))
 
     def arrow_filesystem(self):
         """(pyarrow filesystem or None, path) for reading Parquet under this location."""

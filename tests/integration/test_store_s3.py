@@ -239,3 +239,12 @@ def test_capture_into_s3_then_score_local_and_dask_equal_local_disk(s3, tiny, tm
     for run in ("s3-local", "s3-dask", "s3-beam"):
         tables_equal(out / "disk", out / run)
     shutil.rmtree(out)
+
+
+def test_any_fsspec_url_holds_a_store(tmp_path):
+    """A synchronous fsspec filesystem (memory://) works too: zarr gets an async wrapper."""
+    remote = write_synthetic("memory://nex-test/store")
+    local = write_synthetic(tmp_path / "local")
+    assert remote.manifest().equals(local.manifest())
+    assert np.array_equal(remote.read_corpus().keys, local.read_corpus().keys)
+    assert main(["store", "verify", "memory://nex-test/store"]) == 0
