@@ -8,9 +8,11 @@
     phases.parquet      one row per kept row (only with --phases)
     run.json            parameters, engine, versions, input fingerprint, timings
 
-Every table is Parquet with zstd compression. The folder is built under a temporary
-sibling and renamed into place when complete (:func:`staged_output`), so a reader never
-sees a half-written table and a failed run leaves the previous output untouched.
+Every table is Parquet with zstd compression. The tables are built in a hidden version
+folder beside ``TABLES`` and published with one atomic step: ``TABLES`` is a symbolic
+link swapped onto the new version by a single ``rename(2)`` (:func:`staged_output`), so a
+reader never sees a half-written table, a failed or killed run leaves the previous output
+untouched, and leftovers of a crashed publish are removed by the next one.
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ import json
 import math
 import os
 import shutil
+import signal
+import socket
 import sys
+import time
 import uuid
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -318,20 +323,113 @@ def phase_columns(trace_ids, model_ids, parts: list) -> dict:
 
 
 # --------------------------------------------------------------------------- atomic output
+#: Test hook: ``NEX_TABLES_FAULT=<stage>`` SIGKILLs the scoring process when publishing
+#: reaches that stage: ``written`` (every table and run.json complete, nothing published),
+#: ``linked`` (the new link made beside ``--out``, not yet swapped in), ``swapped`` (the
+#: new tables published, the previous version not yet removed).
+FAULT_ENV = "NEX_TABLES_FAULT"
+#: Leftovers of a publish by a process on another host count as abandoned after this long.
+STALE_SECONDS = 24 * 3600
+
+
+def _fault_point(stage: str) -> None:
+    if os.environ.get(FAULT_ENV) == stage:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _is_previous_output(path: Path) -> bool:
     return (path / RUN_JSON).is_file()
 
 
+def _version_prefix(out: Path) -> str:
+    return f".{out.name}.v-"
+
+
+def _owner_path(version: Path) -> Path:
+    return version.parent / f"{version.name}.owner"
+
+
+def _owner_alive(owner: Path) -> bool:
+    """Whether the process that wrote ``owner`` (a staging folder's owner file) may still
+    be running: same host and a live pid, or another host and a recent file."""
+    try:
+        info = json.loads(owner.read_text())
+    except (OSError, ValueError):
+        return False
+    if info.get("host") != socket.gethostname():
+        try:
+            return time.time() - owner.stat().st_mtime < STALE_SECONDS
+        except OSError:
+            return False
+    try:
+        os.kill(int(info.get("pid", -1)), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, TypeError, OverflowError):
+        return True
+    return True
+
+
+def _current_version(out: Path) -> str | None:
+    """Name of the version folder ``out`` links to (None when ``out`` is not a link)."""
+    try:
+        return os.readlink(out) if out.is_symlink() else None
+    except OSError:
+        return None
+
+
+def clean_leftovers(out: str | os.PathLike) -> list[str]:
+    """Remove what crashed publishes of ``out`` left beside it: version folders that
+    ``out`` does not link to and whose writer is gone, temporary links, and folders of
+    the earlier two-rename layout. Returns the names removed."""
+    out = Path(out).absolute()
+    if not out.parent.is_dir():
+        return []
+    current = _current_version(out)
+    prefix = _version_prefix(out)
+    removed = []
+    for entry in sorted(out.parent.iterdir()):
+        name = entry.name
+        if not name.startswith(f".{out.name}."):
+            continue
+        if name.startswith(prefix) and not name.endswith(".owner"):
+            if name == current or _owner_alive(_owner_path(entry)):
+                continue
+            shutil.rmtree(entry, ignore_errors=True)
+            _owner_path(entry).unlink(missing_ok=True)
+        elif name.startswith(prefix) and name.endswith(".owner"):
+            if (out.parent / name[:-len(".owner")]).exists():
+                continue
+            entry.unlink(missing_ok=True)
+        elif name.startswith(f".{out.name}.link-") and entry.is_symlink():
+            if _owner_alive(out.parent / f"{prefix}{name.rsplit('-', 1)[-1]}.owner"):
+                continue
+            entry.unlink(missing_ok=True)
+        elif name.startswith((f".{out.name}.staging-", f".{out.name}.old-")) and \
+                entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)  # the two-rename layout (no owner)
+        else:
+            continue
+        removed.append(name)
+    return removed
+
+
 @contextmanager
 def staged_output(out: str | os.PathLike):
-    """Yield a fresh staging folder beside ``out``; on success replace ``out`` with it.
+    """Yield a fresh version folder beside ``out``; on success publish it as ``out``.
 
-    ``out`` must be absent, empty, or an earlier tables folder (it has a ``run.json``);
-    anything else is refused so no unrelated folder is replaced. On error the staging
-    folder is removed and ``out`` is left as it was.
+    ``out`` becomes a symbolic link to a hidden sibling version folder
+    (``.OUT.v-TOKEN``); publishing is one ``rename(2)`` of a new link over ``out``, so at
+    every instant ``out`` holds either the previous tables or the new ones, complete
+    (readers open files through the link). ``out`` must be absent, empty, or an earlier
+    tables folder or link (it has a ``run.json``); anything else is refused so no
+    unrelated folder is replaced. On error the version folder is removed and ``out`` is
+    left as it was. Leftovers of crashed publishes are removed after a publish.
     """
     out = Path(out).absolute()
-    if out.exists():
+    if out.is_symlink() and not out.exists():
+        pass  # a dangling link: replaced
+    elif out.exists():
         if not out.is_dir():
             raise TablesError(f"--out: expected a folder, got a file {out}")
         if any(out.iterdir()) and not _is_previous_output(out):
@@ -339,28 +437,43 @@ def staged_output(out: str | os.PathLike):
                               f"(with {RUN_JSON}), got a folder holding other files")
     out.parent.mkdir(parents=True, exist_ok=True)
     token = uuid.uuid4().hex[:12]
-    staging = out.parent / f".{out.name}.staging-{token}"
-    staging.mkdir()
+    staging = out.parent / f"{_version_prefix(out)}{token}"
+    owner = _owner_path(staging)
+    owner.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
     try:
+        staging.mkdir()
         yield staging
         _publish(staging, out, token)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        owner.unlink(missing_ok=True)
         raise
+    owner.unlink(missing_ok=True)
+    clean_leftovers(out)
 
 
 def _publish(staging: Path, out: Path, token: str) -> None:
-    """Rename the staging folder into place (the previous output moved aside first)."""
-    trash = out.parent / f".{out.name}.old-{token}"
-    if out.exists():
-        out.rename(trash)
+    """Swap ``out`` to the new version folder with one rename of a link, then remove the
+    version it linked to before (only a version folder of ours)."""
+    _fault_point("written")
+    previous = _current_version(out)
+    link = out.parent / f".{out.name}.link-{token}"
+    os.symlink(staging.name, link)
     try:
-        staging.rename(out)
+        _fault_point("linked")
+        if out.is_dir() and not out.is_symlink():
+            # A folder of the earlier layout (or an empty one): moved aside as an old
+            # version first; a crash in between leaves the tables in that hidden folder.
+            aside = out.parent / f"{_version_prefix(out)}{token}-previous"
+            out.rename(aside)
+            previous = aside.name
+        os.replace(link, out)
     except BaseException:
-        if trash.exists() and not out.exists():
-            trash.rename(out)
+        link.unlink(missing_ok=True)
         raise
-    shutil.rmtree(trash, ignore_errors=True)
+    _fault_point("swapped")
+    if previous and previous.startswith(_version_prefix(out)) and "/" not in previous:
+        shutil.rmtree(out.parent / previous, ignore_errors=True)
 
 
 def package_versions() -> dict:
@@ -407,5 +520,5 @@ def write_run_json(staging: Path, plan, engine: str, engine_info: dict, timings:
 
 __all__ = ["BASELINES", "RUN_JSON", "TABLES_SCHEMA_VERSION", "TABLE_NAMES", "TableWriter",
            "TablesError", "concat_columns", "model_columns", "neuron_columns", "phase_columns", "read_run",
-           "read_table", "schema", "staged_output", "table_path", "to_table",
+           "read_table", "schema", "staged_output", "clean_leftovers", "table_path", "to_table",
            "weights_from_neurons", "write_run_json", "write_table"]
