@@ -50,12 +50,14 @@ def load_adapter(engine: str):
 
 
 def run_engine(engine: str, config: ScoreConfig, out: str | Path,
-               engine_options: dict | None = None) -> dict:
+               engine_options: dict | None = None,
+               storage_options: dict | None = None) -> dict:
     """Score ``config.store`` with ``engine`` and write the tables to ``out`` atomically.
 
     ``engine_options`` go to the adapter untouched (Beam: ``{"pipeline_args": [...]}``;
-    Dask: ``{"scheduler": ADDRESS, "workers": N}``). Returns the run summary written to
-    ``out/run.json``. Nothing is visible at ``out`` until every table is complete; on any
+    Dask: ``{"scheduler": ADDRESS, "workers": N}``). ``out`` may be an object-storage URL
+    (``s3://bucket/prefix``; ``storage_options`` go to fsspec, e.g. ``endpoint_url``,
+    ``key``, ``secret``). Returns the run summary written to ``out/run.json``. Nothing is visible at ``out`` until every table is complete; on any
     error ``out`` is left as it was.
     """
     from .. import tables
@@ -64,7 +66,7 @@ def run_engine(engine: str, config: ScoreConfig, out: str | Path,
     started = time.perf_counter()
     plan = plan_run(config)
     planned = time.perf_counter()
-    with tables.staged_output(out) as staging:
+    with tables.staged_output(out, storage_options) as staging:
         engine_info = adapter.run(plan, staging, dict(engine_options or {}))
         finished = time.perf_counter()
         summary = tables.write_run_json(staging, plan, engine, engine_info, timings={

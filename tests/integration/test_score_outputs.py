@@ -104,3 +104,93 @@ def test_an_earlier_tables_folder_is_replaced_by_a_link(store, tmp_path):
     assert score_process(store, out).returncode == 0
     assert out.is_symlink() and complete_tables(out)["run"]["n_traces"] == 24
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["tables", os.readlink(out)])
+
+
+# --------------------------------------------------------------------------- object storage
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    """A real S3-compatible server (moto in server mode) in its own process group."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
+                               str(port)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                urllib.request.urlopen(endpoint, timeout=2).read()
+                break
+            except OSError:
+                if time.time() > deadline or server.poll() is not None:
+                    raise RuntimeError("moto server did not start") from None
+                time.sleep(0.3)
+        yield endpoint
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=30)
+
+
+@pytest.fixture()
+def s3_bucket(s3_endpoint, monkeypatch, request):
+    import s3fs
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    bucket = f"nex-{request.node.name.lower().replace('_', '-')[:40]}"
+    fs = s3fs.S3FileSystem(endpoint_url=s3_endpoint, key="testing", secret="testing",
+                           skip_instance_cache=True)
+    fs.mkdir(bucket)
+    return fs, bucket
+
+
+def test_tables_on_object_storage_equal_the_local_tables(store, tmp_path, s3_bucket, capfd,
+                                                         monkeypatch):
+    fs, bucket = s3_bucket
+    local = tmp_path / "local"
+    assert main(["score", str(store), "--out", str(local), "--phases"]) == 0
+    url = f"s3://{bucket}/runs/tables"
+    assert main(["score", str(store), "--out", url, "--phases"]) == 0      # AWS_* variables
+    run = tables.read_run(url)
+    assert run["n_traces"] == 24 and set(run["tables"]) == set(tables.TABLE_NAMES)
+    pointer = json.loads(fs.cat_file(f"{bucket}/runs/tables/{tables.POINTER}"))
+    for name in tables.TABLE_NAMES:                      # the same bytes as on local disk
+        remote = f"{bucket}/runs/tables/{pointer['version']}/{name}.parquet"
+        assert fs.cat_file(remote) == tables.table_path(local, name).read_bytes(), name
+        assert tables.read_table(url, name).num_rows == tables.read_table(local, name).num_rows
+    np.testing.assert_array_equal(tables.weights_from_neurons(url, "model-a"),
+                                  tables.weights_from_neurons(local, "model-a"))
+
+    # a rerun with explicit options (no AWS_* variables) replaces the pointer; the
+    # previous version is removed
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(var)
+    options = {"endpoint_url": fs.client_kwargs.get("endpoint_url") or fs.endpoint_url,
+               "key": "testing", "secret": "testing"}
+    assert main(["score", str(store), "--out", url, "--calibration", "global",
+                 "--storage-options", json.dumps(options)]) == 0
+    assert tables.read_run(url, options)["calibration"] == "global"
+    fs.invalidate_cache()
+    names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{bucket}/runs/tables"))
+    version = json.loads(fs.cat_file(f"{bucket}/runs/tables/{tables.POINTER}"))["version"]
+    assert names == sorted([tables.POINTER, version]) and version != pointer["version"]
+
+    fs.pipe_file(f"{bucket}/other/notes.txt", b"keep")   # a foreign prefix is refused
+    capfd.readouterr()
+    assert main(["score", str(store), "--out", f"s3://{bucket}/other",
+                 "--storage-options", json.dumps(options)]) == 2
+    err = capfd.readouterr().err
+    assert err.startswith("nex: error:") and "holding other objects" in err
+    assert fs.cat_file(f"{bucket}/other/notes.txt") == b"keep"
