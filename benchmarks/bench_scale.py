@@ -3,7 +3,8 @@
 Scores a synthetic store of N and of 4N traces (10,000 and 40,000 by default, built once
 into a cache folder) with ``nex score`` in a child process each, and reads the child's
 peak resident set size from the kernel (``os.wait4`` rusage, ``ru_maxrss``: the whole
-scoring process, imports included). Each size is run ``--repeat`` times alternately
+scoring process, imports included; this launcher stays small and builds the stores in
+a child process of its own, since a forked child counts its parent's pages). Each size is run ``--repeat`` times alternately
 (best time, highest peak kept). Prints both runs and the ratios last:
 
 * peak memory at 4N / peak memory at N (target <= 1.3x: memory must not grow with the
@@ -59,6 +60,21 @@ def build_store(cache: Path, n_traces: int, seed: int) -> Path:
     return path
 
 
+def build_in_child(cache: Path, n_traces: int, seed: int) -> Path:
+    """Build (or find) a store in a child process, so this process stays small: a child
+    forked from a large parent would report the parent's pages in its own peak RSS."""
+    code = ("import sys, runpy; sys.path.insert(0, sys.argv[1]); "
+            "mod = runpy.run_path(sys.argv[1] + '/benchmarks/bench_scale.py'); "
+            "print(mod['build_store'](__import__('pathlib').Path(sys.argv[2]), "
+            "int(sys.argv[3]), int(sys.argv[4])))")
+    done = subprocess.run([sys.executable, "-c", code, str(REPO), str(cache), str(n_traces),
+                           str(seed)], check=True, capture_output=True, text=True)
+    lines = done.stdout.strip().splitlines()
+    for line in lines[:-1]:
+        print(line, flush=True)
+    return Path(lines[-1])
+
+
 def score_once(store: Path, out: Path, engine: str, extra: list[str]) -> dict:
     """Run ``nex score`` in a child process; its wall time and peak RSS (bytes)."""
     argv = [sys.executable, "-m", "pipelines", "score", str(store), "--out", str(out),
@@ -93,7 +109,7 @@ def main(argv=None) -> int:
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
     sizes = (args.traces, args.traces * args.factor)
-    stores = {n: build_store(cache, n, args.seed) for n in sizes}
+    stores = {n: build_in_child(cache, n, args.seed) for n in sizes}
     extra = ["--workers", str(args.workers)] if args.workers else []
     load = os.getloadavg()[0]
     if load > 0.5:
