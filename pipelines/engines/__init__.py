@@ -63,6 +63,12 @@ def run_engine(engine: str, config: ScoreConfig, out: str | Path,
     from .. import tables
 
     adapter = load_adapter(engine)
+    runner = [a for a in (engine_options or {}).get("pipeline_args") or []
+              if a.startswith("--runner")]
+    if engine == "beam" and runner and tables.is_url(out):
+        raise EngineError(f"--out {out}: expected a path every Beam worker can write with "
+                          f"{runner[0]} (tables on object storage are staged on this "
+                          "machine: local, dask or Beam's embedded runner), got a URL")
     started = time.perf_counter()
     plan = plan_run(config)
     planned = time.perf_counter()

@@ -194,3 +194,11 @@ def test_tables_on_object_storage_equal_the_local_tables(store, tmp_path, s3_buc
     err = capfd.readouterr().err
     assert err.startswith("nex: error:") and "holding other objects" in err
     assert fs.cat_file(f"{bucket}/other/notes.txt") == b"keep"
+
+
+def test_a_distributed_beam_runner_cannot_write_tables_to_a_url(store, capfd):
+    capfd.readouterr()
+    assert main(["score", str(store), "--out", "s3://bucket/tables", "--engine", "beam",
+                 "--", "--runner=FlinkRunner"]) == 2
+    err = capfd.readouterr().err
+    assert err.startswith("nex: error: --out s3://bucket/tables: expected a path every Beam")
