@@ -8,9 +8,11 @@
     phases.parquet      one row per kept row (only with --phases)
     run.json            parameters, engine, versions, input fingerprint, timings
 
-Every table is Parquet with zstd compression. The folder is built under a temporary
-sibling and renamed into place when complete (:func:`staged_output`), so a reader never
-sees a half-written table and a failed run leaves the previous output untouched.
+Every table is Parquet with zstd compression. The tables are built in a hidden version
+folder beside ``TABLES`` and published with one atomic step: ``TABLES`` is a symbolic
+link swapped onto the new version by a single ``rename(2)`` (:func:`staged_output`), so a
+reader never sees a half-written table, a failed or killed run leaves the previous output
+untouched, and leftovers of a crashed publish are removed by the next one.
 """
 
 from __future__ import annotations
@@ -19,7 +21,11 @@ import json
 import math
 import os
 import shutil
+import signal
+import socket
 import sys
+import tempfile
+import time
 import uuid
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -35,6 +41,8 @@ from nex_transforms.params import KEY_SPACE, UNIT_BITS
 #: Version of the table layout below (recorded in run.json and Parquet metadata).
 TABLES_SCHEMA_VERSION = 1
 RUN_JSON = "run.json"
+#: On object storage: the small object, written last, that names the current version.
+POINTER = "_NEX_TABLES.json"
 TABLE_NAMES = ("responses", "models", "neurons", "phases")
 PARQUET_COMPRESSION = "zstd"
 
@@ -176,25 +184,85 @@ def table_path(tables: str | os.PathLike, name: str) -> Path:
     return Path(tables) / f"{name}.parquet"
 
 
-def read_table(tables: str | os.PathLike, name: str, sort: bool = True):
+def is_url(location) -> bool:
+    """Whether ``location`` is an fsspec URL (``s3://bucket/prefix``, ``gs://...``) rather
+    than a local path."""
+    return isinstance(location, str) and "://" in location and \
+        not location.startswith("file://")
+
+
+def _remote(url: str, storage_options: dict | None):
+    """``(filesystem, root)`` of an object-storage URL (credentials and endpoint from
+    ``storage_options`` or the usual environment variables, e.g. ``AWS_ACCESS_KEY_ID``,
+    ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``)."""
+    try:
+        import fsspec
+    except ImportError as err:  # pragma: no cover - fsspec comes with the store extra
+        raise TablesError(f"--out {url}: expected fsspec installed, got {err}") from None
+    options = dict(storage_options or {})
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if url.startswith(("s3://", "s3a://")) and endpoint and "endpoint_url" not in options:
+        options["endpoint_url"] = endpoint  # older botocore ignores the variable
+    try:
+        fs, root = fsspec.core.url_to_fs(url, **options)
+    except (ImportError, ValueError, TypeError) as err:
+        raise TablesError(f"--out {url}: expected a filesystem URL fsspec can open "
+                          f"(pip install s3fs for s3://), got {type(err).__name__}: "
+                          f"{err}") from None
+    return fs, root.rstrip("/")
+
+
+def _remote_version(fs, root: str, url: str) -> str:
+    """The folder of the tables a remote pointer names (``root/v-TOKEN``)."""
+    try:
+        pointer = json.loads(fs.cat_file(f"{root}/{POINTER}"))
+        version = str(pointer["version"])
+    except FileNotFoundError:
+        raise TablesError(f"tables {url}: expected a pointer object {POINTER} (written "
+                          "last by nex score), got none") from None
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise TablesError(f"tables {url} {POINTER}: expected a readable pointer, got "
+                          f"{type(err).__name__}: {err}") from None
+    if "/" in version or not version.startswith("v-"):
+        raise TablesError(f"tables {url} {POINTER}: expected a version name v-..., "
+                          f"got {version!r}")
+    return f"{root}/{version}"
+
+
+def read_table(tables: str | os.PathLike, name: str, sort: bool = True,
+               storage_options: dict | None = None):
     """A table of a tables folder (a file or a folder of part files) with its schema.
 
-    With ``sort``, rows come in a canonical order (responses: trace_id; models: model_id;
-    neurons: model_id, key; phases: trace_id, row), whatever engine wrote them.
+    ``tables`` is a local folder (or the link ``nex score`` publishes) or an object-storage
+    URL (the pointer object is followed to the current version). With ``sort``, rows come
+    in a canonical order (responses: trace_id; models: model_id; neurons: model_id, key;
+    phases: trace_id, row), whatever engine wrote them.
     """
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    path = table_path(tables, name)
-    if not path.exists():
-        raise TablesError(f"table {name}: expected {path}, got none")
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*.parquet") if p.is_file())
-        import pyarrow as pa
-
-        table = pa.concat_tables([pq.read_table(f, schema=schema(name)) for f in files]) \
-            if files else schema(name).empty_table()
+    if is_url(tables):
+        fs, root = _remote(str(tables), storage_options)
+        fs.invalidate_cache()
+        path = f"{_remote_version(fs, root, str(tables))}/{name}.parquet"
+        if fs.isdir(path):
+            files = sorted(f for f in fs.find(path) if f.endswith(".parquet"))
+            table = pa.concat_tables([pq.read_table(f, schema=schema(name), filesystem=fs)
+                                      for f in files]) if files else schema(name).empty_table()
+        elif fs.isfile(path):
+            table = pq.read_table(path, schema=schema(name), filesystem=fs)
+        else:
+            raise TablesError(f"table {name}: expected {tables}/{name}.parquet, got none")
     else:
-        table = pq.read_table(path, schema=schema(name))
+        path = table_path(tables, name)
+        if not path.exists():
+            raise TablesError(f"table {name}: expected {path}, got none")
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*.parquet") if p.is_file())
+            table = pa.concat_tables([pq.read_table(f, schema=schema(name)) for f in files]) \
+                if files else schema(name).empty_table()
+        else:
+            table = pq.read_table(path, schema=schema(name))
     if sort:
         keys = {"responses": ["trace_id"], "models": ["model_id"],
                 "neurons": ["model_id", "key"], "phases": ["trace_id", "row"]}[name]
@@ -202,8 +270,16 @@ def read_table(tables: str | os.PathLike, name: str, sort: bool = True):
     return table
 
 
-def read_run(tables: str | os.PathLike) -> dict:
-    """The ``run.json`` of a tables folder."""
+def read_run(tables: str | os.PathLike, storage_options: dict | None = None) -> dict:
+    """The ``run.json`` of a tables folder (or of the current version at a URL)."""
+    if is_url(tables):
+        fs, root = _remote(str(tables), storage_options)
+        path = f"{_remote_version(fs, root, str(tables))}/{RUN_JSON}"
+        try:
+            return json.loads(fs.cat_file(path))
+        except (OSError, ValueError) as err:
+            raise TablesError(f"run.json: expected a readable {tables}/{RUN_JSON}, got "
+                              f"{type(err).__name__}: {err}") from None
     path = Path(tables) / RUN_JSON
     try:
         return json.loads(path.read_text())
@@ -211,17 +287,18 @@ def read_run(tables: str | os.PathLike) -> dict:
         raise TablesError(f"run.json: expected a readable {path}, got {err}") from None
 
 
-def weights_from_neurons(tables: str | os.PathLike, calibration_key: str) -> np.ndarray:
+def weights_from_neurons(tables: str | os.PathLike, calibration_key: str,
+                         storage_options: dict | None = None) -> np.ndarray:
     """The dense float32 weight vector (2^22) of one calibration key (a model id, or
     ``*`` for global calibration / given weights), rebuilt from the neurons table; it
     equals the vector the run scored with and can be saved for ``--weights``."""
     import pyarrow.compute as pc
 
-    table = read_table(tables, "neurons", sort=False)
+    table = read_table(tables, "neurons", sort=False, storage_options=storage_options)
     table = table.filter(pc.equal(table["model_id"], calibration_key))
-    if table.num_rows == 0 and calibration_key not in read_run(tables).get("calibration_keys", []):
-        raise TablesError(f"calibration key: expected one of "
-                          f"{read_run(tables).get('calibration_keys')}, got {calibration_key!r}")
+    keys = read_run(tables, storage_options).get("calibration_keys", [])
+    if table.num_rows == 0 and calibration_key not in keys:
+        raise TablesError(f"calibration key: expected one of {keys}, got {calibration_key!r}")
     weights = np.zeros(KEY_SPACE, np.float32)
     weights[table["key"].to_numpy()] = table["weight"].to_numpy()
     return weights
@@ -318,20 +395,122 @@ def phase_columns(trace_ids, model_ids, parts: list) -> dict:
 
 
 # --------------------------------------------------------------------------- atomic output
+#: Test hook: ``NEX_TABLES_FAULT=<stage>`` SIGKILLs the scoring process when publishing
+#: reaches that stage: ``written`` (every table and run.json complete, nothing published),
+#: ``linked`` (the new link made beside ``--out``, not yet swapped in), ``swapped`` (the
+#: new tables published, the previous version not yet removed).
+FAULT_ENV = "NEX_TABLES_FAULT"
+#: Leftovers of a publish by a process on another host count as abandoned after this long.
+STALE_SECONDS = 24 * 3600
+
+
+def _fault_point(stage: str) -> None:
+    if os.environ.get(FAULT_ENV) == stage:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _is_previous_output(path: Path) -> bool:
     return (path / RUN_JSON).is_file()
 
 
-@contextmanager
-def staged_output(out: str | os.PathLike):
-    """Yield a fresh staging folder beside ``out``; on success replace ``out`` with it.
+def _version_prefix(out: Path) -> str:
+    return f".{out.name}.v-"
 
-    ``out`` must be absent, empty, or an earlier tables folder (it has a ``run.json``);
-    anything else is refused so no unrelated folder is replaced. On error the staging
-    folder is removed and ``out`` is left as it was.
-    """
+
+def _owner_path(version: Path) -> Path:
+    return version.parent / f"{version.name}.owner"
+
+
+def _owner_alive(owner: Path) -> bool:
+    """Whether the process that wrote ``owner`` (a staging folder's owner file) may still
+    be running: same host and a live pid, or another host and a recent file."""
+    try:
+        info = json.loads(owner.read_text())
+    except (OSError, ValueError):
+        return False
+    if info.get("host") != socket.gethostname():
+        try:
+            return time.time() - owner.stat().st_mtime < STALE_SECONDS
+        except OSError:
+            return False
+    try:
+        os.kill(int(info.get("pid", -1)), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, TypeError, OverflowError):
+        return True
+    return True
+
+
+def _current_version(out: Path) -> str | None:
+    """Name of the version folder ``out`` links to (None when ``out`` is not a link)."""
+    try:
+        return os.readlink(out) if out.is_symlink() else None
+    except OSError:
+        return None
+
+
+def clean_leftovers(out: str | os.PathLike) -> list[str]:
+    """Remove what crashed publishes of ``out`` left beside it: version folders that
+    ``out`` does not link to and whose writer is gone, temporary links, and folders of
+    the earlier two-rename layout. Returns the names removed."""
     out = Path(out).absolute()
-    if out.exists():
+    if not out.parent.is_dir():
+        return []
+    current = _current_version(out)
+    prefix = _version_prefix(out)
+    removed = []
+    for entry in sorted(out.parent.iterdir()):
+        name = entry.name
+        if not name.startswith(f".{out.name}."):
+            continue
+        if name.startswith(prefix) and not name.endswith(".owner"):
+            if name == current or _owner_alive(_owner_path(entry)):
+                continue
+            shutil.rmtree(entry, ignore_errors=True)
+            _owner_path(entry).unlink(missing_ok=True)
+        elif name.startswith(prefix) and name.endswith(".owner"):
+            if (out.parent / name[:-len(".owner")]).exists():
+                continue
+            entry.unlink(missing_ok=True)
+        elif name.startswith(f".{out.name}.link-") and entry.is_symlink():
+            if _owner_alive(out.parent / f"{prefix}{name.rsplit('-', 1)[-1]}.owner"):
+                continue
+            entry.unlink(missing_ok=True)
+        elif name.startswith((f".{out.name}.staging-", f".{out.name}.old-")) and \
+                entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)  # the two-rename layout (no owner)
+        else:
+            continue
+        removed.append(name)
+    return removed
+
+
+@contextmanager
+def staged_output(out: str | os.PathLike, storage_options: dict | None = None):
+    """Yield a fresh version folder beside ``out``; on success publish it as ``out``.
+
+    ``out`` becomes a symbolic link to a hidden sibling version folder
+    (``.OUT.v-TOKEN``); publishing is one ``rename(2)`` of a new link over ``out``, so at
+    every instant ``out`` holds either the previous tables or the new ones, complete
+    (readers open files through the link). ``out`` must be absent, empty, or an earlier
+    tables folder or link (it has a ``run.json``); anything else is refused so no
+    unrelated folder is replaced. On error the version folder is removed and ``out`` is
+    left as it was. Leftovers of crashed publishes are removed after a publish.
+
+    ``out`` may be an object-storage URL (``s3://bucket/prefix``, any fsspec URL): the
+    tables are staged in a local temporary folder, uploaded under ``prefix/v-TOKEN/``, and
+    published by writing the small pointer object :data:`POINTER` last (one PUT), which
+    readers follow (:func:`read_table`, :func:`read_run`).
+    """
+    if is_url(out):
+        with _remote_staged_output(str(out), storage_options) as staging:
+            yield staging
+        return
+    out = Path(out).absolute()
+    if out.is_symlink() and not out.exists():
+        pass  # a dangling link: replaced
+    elif out.exists():
         if not out.is_dir():
             raise TablesError(f"--out: expected a folder, got a file {out}")
         if any(out.iterdir()) and not _is_previous_output(out):
@@ -339,28 +518,125 @@ def staged_output(out: str | os.PathLike):
                               f"(with {RUN_JSON}), got a folder holding other files")
     out.parent.mkdir(parents=True, exist_ok=True)
     token = uuid.uuid4().hex[:12]
-    staging = out.parent / f".{out.name}.staging-{token}"
-    staging.mkdir()
+    staging = out.parent / f"{_version_prefix(out)}{token}"
+    owner = _owner_path(staging)
+    owner.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
     try:
+        staging.mkdir()
         yield staging
         _publish(staging, out, token)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        owner.unlink(missing_ok=True)
         raise
+    owner.unlink(missing_ok=True)
+    clean_leftovers(out)
+
+
+@contextmanager
+def _remote_staged_output(url: str, storage_options: dict | None):
+    fs, root = _remote(url, storage_options)
+    fs.invalidate_cache()
+    try:
+        exists = fs.exists(root)
+        entries = fs.ls(root, detail=False) if exists and fs.isdir(root) else []
+        has_pointer = fs.exists(f"{root}/{POINTER}")
+    except (OSError, ValueError) as err:
+        raise TablesError(f"--out {url}: expected reachable object storage, got "
+                          f"{type(err).__name__}: {err}") from None
+    if entries and not has_pointer:
+        raise TablesError(f"--out {url}: expected a new, empty or earlier tables prefix "
+                          f"(with {POINTER}), got a prefix holding other objects")
+    local = Path(tempfile.mkdtemp(prefix="nex-tables-"))
+    try:
+        yield local
+        _remote_publish(fs, root, url, local)
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
+
+
+def _remote_publish(fs, root: str, url: str, local: Path) -> None:
+    """Upload ``local`` as a new version under ``root``, then point :data:`POINTER` at it
+    (the single atomic step) and remove the previous version and stale leftovers."""
+    token = uuid.uuid4().hex[:12]
+    version = f"v-{token}"
+    owner = f"{root}/{version}.owner"
+    try:
+        fs.pipe_file(owner, json.dumps({"host": socket.gethostname(),
+                                        "pid": os.getpid()}).encode())
+        for path in sorted(p for p in local.rglob("*") if p.is_file()):
+            fs.put_file(str(path), f"{root}/{version}/{path.relative_to(local).as_posix()}")
+        _fault_point("written")
+        previous = None
+        if fs.exists(f"{root}/{POINTER}"):
+            previous = _remote_version(fs, root, url).rsplit("/", 1)[-1]
+        fs.pipe_file(f"{root}/{POINTER}", json.dumps(
+            {"version": version, "created_at": datetime.now(timezone.utc).isoformat()},
+            sort_keys=True).encode())
+    except TablesError:
+        raise
+    except (OSError, ValueError) as err:
+        raise TablesError(f"--out {url}: expected the tables uploaded, got "
+                          f"{type(err).__name__}: {err}") from None
+    _fault_point("swapped")
+    fs.rm_file(owner)
+    fs.invalidate_cache()
+    for entry in fs.ls(root, detail=False):
+        name = entry.rstrip("/").rsplit("/", 1)[-1]
+        if not name.startswith("v-") or name.endswith(".owner") or name == version:
+            continue
+        if name != previous and fs.exists(f"{root}/{name}.owner") and \
+                _remote_owner_alive(fs, f"{root}/{name}.owner"):
+            continue
+        fs.rm(f"{root}/{name}", recursive=True)
+        if fs.exists(f"{root}/{name}.owner"):
+            fs.rm_file(f"{root}/{name}.owner")
+
+
+def _remote_owner_alive(fs, owner: str) -> bool:
+    """Whether an upload to object storage may still be running (see
+    :func:`_owner_alive`)."""
+    try:
+        info = json.loads(fs.cat_file(owner))
+    except (OSError, ValueError):
+        return False
+    if info.get("host") != socket.gethostname():
+        try:
+            modified = fs.modified(owner)
+            return time.time() - modified.timestamp() < STALE_SECONDS
+        except (OSError, NotImplementedError, AttributeError, ValueError):
+            return True
+    try:
+        os.kill(int(info.get("pid", -1)), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, TypeError, OverflowError):
+        return True
+    return True
 
 
 def _publish(staging: Path, out: Path, token: str) -> None:
-    """Rename the staging folder into place (the previous output moved aside first)."""
-    trash = out.parent / f".{out.name}.old-{token}"
-    if out.exists():
-        out.rename(trash)
+    """Swap ``out`` to the new version folder with one rename of a link, then remove the
+    version it linked to before (only a version folder of ours)."""
+    _fault_point("written")
+    previous = _current_version(out)
+    link = out.parent / f".{out.name}.link-{token}"
+    os.symlink(staging.name, link)
     try:
-        staging.rename(out)
+        _fault_point("linked")
+        if out.is_dir() and not out.is_symlink():
+            # A folder of the earlier layout (or an empty one): moved aside as an old
+            # version first; a crash in between leaves the tables in that hidden folder.
+            aside = out.parent / f"{_version_prefix(out)}{token}-previous"
+            out.rename(aside)
+            previous = aside.name
+        os.replace(link, out)
     except BaseException:
-        if trash.exists() and not out.exists():
-            trash.rename(out)
+        link.unlink(missing_ok=True)
         raise
-    shutil.rmtree(trash, ignore_errors=True)
+    _fault_point("swapped")
+    if previous and previous.startswith(_version_prefix(out)) and "/" not in previous:
+        shutil.rmtree(out.parent / previous, ignore_errors=True)
 
 
 def package_versions() -> dict:
@@ -406,6 +682,6 @@ def write_run_json(staging: Path, plan, engine: str, engine_info: dict, timings:
 
 
 __all__ = ["BASELINES", "RUN_JSON", "TABLES_SCHEMA_VERSION", "TABLE_NAMES", "TableWriter",
-           "TablesError", "concat_columns", "model_columns", "neuron_columns", "phase_columns", "read_run",
-           "read_table", "schema", "staged_output", "table_path", "to_table",
+           "TablesError", "POINTER", "concat_columns", "is_url", "model_columns", "neuron_columns", "phase_columns", "read_run",
+           "read_table", "schema", "staged_output", "clean_leftovers", "table_path", "to_table",
            "weights_from_neurons", "write_run_json", "write_table"]

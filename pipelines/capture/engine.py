@@ -153,7 +153,9 @@ class SparseCapture:
 
     def __init__(self, sites: list[MlpSite], top_k: int, prompt_len: int):
         if not sites:
-            raise ValueError("SparseCapture needs at least one site")
+            from .errors import CaptureError
+
+            raise CaptureError("capture sites: expected at least one MLP site, got none")
         self.sites = sites
         self.top_k = top_k
         self.prompt_len = prompt_len

@@ -229,13 +229,17 @@ def load_model(spec: ModelSpec, dtype: str = "float32", device: str = "cpu",
         raise ModelError(expected("--dtype", f"one of {sorted(DTYPES)}", repr(dtype)))
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ModelError(expected("--device", "a device this machine has", f"{device} (no CUDA)"))
+    try:
+        torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ModelError(expected("--device", "cpu or cuda[:N]", repr(device))) from None
     kwargs = {"gguf_file": spec.gguf_file} if spec.gguf_file else {"revision": spec.revision} \
         if not Path(spec.path).is_dir() else {}
     try:
         with _quiet_gguf_conversion(not progress):
             tokenizer = AutoTokenizer.from_pretrained(spec.path, **kwargs)
             model = AutoModelForCausalLM.from_pretrained(spec.path, dtype=DTYPES[dtype], **kwargs)
-    except (OSError, ValueError, KeyError, RuntimeError) as err:
+    except Exception as err:  # loaders raise many types (safetensors, gguf, json, ...)
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelError(expected(f"model {spec.path}" + (f" ({spec.gguf_file})" if spec.gguf_file else ""),
                                   "a loadable causal language model", first[:300])) from None

@@ -58,7 +58,9 @@ def tiny_config(arch: str, vocab_size: int, n_positions: int = 256):
                                 num_attention_heads=4, num_key_value_heads=2,
                                 num_local_experts=2, max_position_embeddings=n_positions,
                                 **common)
-    raise ValueError(f"tiny model architecture: expected one of {ARCHITECTURES}, got {arch!r}")
+    from .errors import ModelError
+
+    raise ModelError(f"tiny model architecture: expected one of {ARCHITECTURES}, got {arch!r}")
 
 
 def build_tiny_model(path: str | Path, arch: str = "llama", seed: int = 0,

@@ -1,6 +1,7 @@
 """``nex score``: score every response and model of an activation store into tables.
 
-    nex score STORE --out TABLES [--engine local|beam|dask] [--calibration per-model|global]
+    nex score STORE --out TABLES|URL [--engine local|beam|dask] [--calibration per-model|global]
+                    [--storage-options JSON]
                     [--weights FILE] [--phases] [--workers N] [--scheduler ADDRESS]
                     [-- BEAM PIPELINE OPTIONS ...]
 
@@ -43,7 +44,17 @@ def cmd_score(args: argparse.Namespace) -> int:
         options["pipeline_args"] = list(args.engine_args)
     elif args.engine == "dask":
         options.update(scheduler=args.scheduler, workers=args.workers)
-    summary = run_engine(args.engine, config, args.out, options)
+    storage_options = None
+    if args.storage_options is not None:
+        try:
+            storage_options = json.loads(args.storage_options)
+        except ValueError as err:
+            raise CommandError(f"--storage-options: expected a JSON object, got "
+                               f"{args.storage_options!r} ({err})") from None
+        if not isinstance(storage_options, dict):
+            raise CommandError(f"--storage-options: expected a JSON object, got "
+                               f"{type(storage_options).__name__}")
+    summary = run_engine(args.engine, config, args.out, options, storage_options)
     if args.json:
         print(json.dumps(summary, sort_keys=True, default=str))
     else:
@@ -81,7 +92,12 @@ def register(subparsers) -> None:
                     "--out atomically. Options after '--' go to the Beam pipeline "
                     "untouched (e.g. -- --runner=FlinkRunner --flink_master=HOST:8081).")
     score.add_argument("store", help="activation store")
-    score.add_argument("--out", required=True, help="tables folder (replaced atomically)")
+    score.add_argument("--out", required=True,
+                       help="tables folder (replaced atomically), or an object-storage URL "
+                            "such as s3://bucket/prefix")
+    score.add_argument("--storage-options", default=None, metavar="JSON",
+                       help="fsspec options for an --out URL, e.g. '{\"endpoint_url\": "
+                            "\"http://HOST:9000\"}' (default: AWS_* environment variables)")
     score.add_argument("--engine", choices=("local", "beam", "dask"), default="local",
                        help="execution engine (default %(default)s)")
     score.add_argument("--calibration", choices=("per-model", "global"), default=None,

@@ -50,21 +50,29 @@ def load_adapter(engine: str):
 
 
 def run_engine(engine: str, config: ScoreConfig, out: str | Path,
-               engine_options: dict | None = None) -> dict:
+               engine_options: dict | None = None,
+               storage_options: dict | None = None) -> dict:
     """Score ``config.store`` with ``engine`` and write the tables to ``out`` atomically.
 
     ``engine_options`` go to the adapter untouched (Beam: ``{"pipeline_args": [...]}``;
-    Dask: ``{"scheduler": ADDRESS, "workers": N}``). Returns the run summary written to
-    ``out/run.json``. Nothing is visible at ``out`` until every table is complete; on any
+    Dask: ``{"scheduler": ADDRESS, "workers": N}``). ``out`` may be an object-storage URL
+    (``s3://bucket/prefix``; ``storage_options`` go to fsspec, e.g. ``endpoint_url``,
+    ``key``, ``secret``). Returns the run summary written to ``out/run.json``. Nothing is visible at ``out`` until every table is complete; on any
     error ``out`` is left as it was.
     """
     from .. import tables
 
     adapter = load_adapter(engine)
+    runner = [a for a in (engine_options or {}).get("pipeline_args") or []
+              if a.startswith("--runner")]
+    if engine == "beam" and runner and tables.is_url(out):
+        raise EngineError(f"--out {out}: expected a path every Beam worker can write with "
+                          f"{runner[0]} (tables on object storage are staged on this "
+                          "machine: local, dask or Beam's embedded runner), got a URL")
     started = time.perf_counter()
     plan = plan_run(config)
     planned = time.perf_counter()
-    with tables.staged_output(out) as staging:
+    with tables.staged_output(out, storage_options) as staging:
         engine_info = adapter.run(plan, staging, dict(engine_options or {}))
         finished = time.perf_counter()
         summary = tables.write_run_json(staging, plan, engine, engine_info, timings={

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -115,7 +116,8 @@ def test_staged_output_publishes_only_complete_folders(tmp_path):
     with tables.staged_output(out) as staging:                     # a rerun replaces it
         (staging / "run.json").write_text(json.dumps({"n": 3}))
     assert json.loads((out / "run.json").read_text()) == {"n": 3}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["tables"]  # no leftovers
+    assert out.is_symlink()                                        # published by a link
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["tables", os.readlink(out)])
 
 
 def test_staged_output_refuses_a_folder_that_is_not_a_tables_folder(tmp_path):
