@@ -96,8 +96,9 @@ def register(subparsers) -> None:
                        help="tables folder (replaced atomically), or an object-storage URL "
                             "such as s3://bucket/prefix")
     score.add_argument("--storage-options", default=None, metavar="JSON",
-                       help="fsspec options for an --out URL, e.g. '{\"endpoint_url\": "
-                            "\"http://HOST:9000\"}' (default: AWS_* environment variables)")
+                       help="fsspec options for an object-storage STORE and --out URL, "
+                            "e.g. '{\"endpoint_url\": \"http://HOST:9000\"}' (default: AWS_* "
+                            "environment variables)")
     score.add_argument("--engine", choices=("local", "beam", "dask"), default="local",
                        help="execution engine (default %(default)s)")
     score.add_argument("--calibration", choices=("per-model", "global"), default=None,
@@ -115,8 +116,5 @@ def register(subparsers) -> None:
                        help="dask: address of an existing scheduler (tcp://HOST:PORT)")
     score.add_argument("--json", action="store_true", help="print run.json to stdout")
     add_method_options(score)
-    from ..store.fs import add_storage_options_flag
-
-    add_storage_options_flag(score)
     score.set_defaults(func=cmd_score, engine_args=[])
     score.__class__ = _PassThroughParser  # split at '--' before argparse sees the rest

@@ -1,8 +1,8 @@
 """The store on object storage: a real S3-compatible server (moto in server mode, its own
 process group on 127.0.0.1), credentials and endpoint from the environment or
 ``--storage-options``. Capture a tiny model into ``s3://``, verify, export, and score with
-the local engine, Beam and a Dask cluster of two worker processes: the same tables as the
-same run on local disk."""
+the local engine and a Dask cluster of two worker processes (tables to ``s3://``) and with
+Beam (tables on disk): the same tables as the same run on local disk."""
 
 from __future__ import annotations
 
@@ -209,7 +209,7 @@ def dask_cluster(tmp_path, s3):
             proc.wait(timeout=30)
 
 
-def tables_equal(a: Path, b: Path) -> None:
+def tables_equal(a, b) -> None:
     for name in ("responses", "models", "neurons"):
         ta, tb = tables.read_table(a, name), tables.read_table(b, name)
         assert ta.equals(tb), name
@@ -231,13 +231,15 @@ def test_capture_into_s3_then_score_local_and_dask_equal_local_disk(s3, tiny, tm
     assert main(["store", "verify", f"{s3}/acts"]) == 0
     out = tmp_path / "tables"
     assert main(["score", str(tmp_path / "acts"), "--out", str(out / "disk")]) == 0
-    assert main(["score", f"{s3}/acts", "--out", str(out / "s3-local")]) == 0
-    assert main(["score", f"{s3}/acts", "--out", str(out / "s3-dask"), "--engine", "dask",
+    # store and tables on s3: the local engine and a Dask cluster of two worker processes
+    assert main(["score", f"{s3}/acts", "--out", f"{s3}/tables-local"]) == 0
+    assert main(["score", f"{s3}/acts", "--out", f"{s3}/tables-dask", "--engine", "dask",
                  "--scheduler", dask_cluster]) == 0
+    assert tables.read_run(f"{s3}/tables-dask")["engine_info"]["workers"] == 2
+    # Beam (embedded runner) reading the s3 store, tables on local disk
     assert main(["score", f"{s3}/acts", "--out", str(out / "s3-beam"), "--engine", "beam"]) == 0
-    assert tables.read_run(out / "s3-dask")["engine_info"]["workers"] == 2
-    for run in ("s3-local", "s3-dask", "s3-beam"):
-        tables_equal(out / "disk", out / run)
+    for run in (f"{s3}/tables-local", f"{s3}/tables-dask", out / "s3-beam"):
+        tables_equal(out / "disk", run)
     shutil.rmtree(out)
 
 
