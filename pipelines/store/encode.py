@@ -106,17 +106,21 @@ def encode_part(part: str, records: list[TraceRecord], storage: dict) -> Encoded
         "token_ids": cat([r.token_ids for r in records], np.int32),
     }
     present = [name for name in TOKEN_STATS if any(name in r.token_stats for r in records)]
+    sat_stats = 0
     for name in present:
-        arrays[name] = cat([np.asarray(r.token_stats[name], dtype=np.float32)
-                            if name in r.token_stats
-                            else np.full(r.response_tokens, np.nan, np.float32)
-                            for r in records], np.float32)
+        values = cat([np.asarray(r.token_stats[name], dtype=np.float32)
+                      if name in r.token_stats
+                      else np.full(r.response_tokens, np.nan, np.float32)
+                      for r in records], np.float32)
+        arrays[name], saturated = to_storage(values, array_dtype(name, storage))
+        sat_stats += saturated
     columns = _manifest_columns(part, records, arrays)
     counts = {
         "n_traces": len(records), "n_rows": int(sum(row_counts)),
         "n_entries": int(arrays["keys"].size), "n_aggregate_entries": int(agg_masses.size),
         "n_tokens": int(sum(token_counts)), "token_stats": present,
         "saturated_masses": sat_rows, "saturated_aggregate_masses": sat_agg,
+        "saturated_token_stats": sat_stats,
     }
     return EncodedPart(arrays=arrays, columns=columns, counts=counts)
 

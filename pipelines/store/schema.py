@@ -22,7 +22,8 @@ from nex_transforms.errors import NexError, expected
 from ..records import TOKEN_STAT_NAMES
 
 #: Version of the layout below; bumped on any incompatible change.
-SCHEMA_VERSION = 1
+#: 2: per-token statistics stored as ``token_stat_dtype`` (float16 by default; float32 in 1).
+SCHEMA_VERSION = 2
 
 #: Marker attribute naming the kind of zarr hierarchy.
 STORE_KIND = "nex-activation-store"
@@ -34,9 +35,11 @@ MANIFESTS_DIR = "manifests"
 STAGING_DIR = ".staging"
 CONSOLIDATED_MANIFEST = "manifest.parquet"
 
-#: Storage dtypes allowed for row and aggregate masses (chosen at creation).
+#: Storage dtypes allowed for row and aggregate masses and for the per-token statistics
+#: (chosen at creation).
 MASS_DTYPES = ("float16", "float32")
-DEFAULT_STORAGE = {"mass_dtype": "float16", "aggregate_dtype": "float16"}
+DEFAULT_STORAGE = {"mass_dtype": "float16", "aggregate_dtype": "float16",
+                   "token_stat_dtype": "float16"}
 
 #: Elements per chunk, and chunks per shard, of every 1-D array.
 CHUNK_ELEMENTS = 1 << 16
@@ -55,8 +58,10 @@ PART_ARRAYS = {
     "token_ptr": ("int64", "traces+1"),       # trace t owns tokens [p[t], p[t+1])
     "token_ids": ("int32", "tokens"),
 }
-#: Per-token statistics arrays (float32, ``tokens`` long); present when any trace has them.
-TOKEN_STAT_DTYPE = "float32"
+#: Per-token statistics arrays (``token_stat_dtype``, ``tokens`` long); present when any
+#: trace has them. float16 keeps 11 significant bits: a statistic ``x`` is stored within
+#: ``2^-11 |x|`` (``2^-25`` absolutely near zero), so a per-response mean moves by at most
+#: ``2^-11 mean|x| + 2^-25`` (see :func:`token_stat_tolerance`).
 TOKEN_STATS = TOKEN_STAT_NAMES
 
 #: Manifest columns, in order (see :func:`manifest_schema`).
@@ -107,9 +112,20 @@ def check_storage(storage: object) -> dict:
 def array_dtype(name: str, storage: dict) -> np.dtype:
     """The storage dtype of a part array (token stats included)."""
     if name in TOKEN_STATS:
-        return np.dtype(TOKEN_STAT_DTYPE)
+        return np.dtype(storage.get("token_stat_dtype", DEFAULT_STORAGE["token_stat_dtype"]))
     spec = PART_ARRAYS[name][0]
     return np.dtype(storage.get(spec, spec))
+
+
+def token_stat_tolerance(dtype: str | np.dtype) -> tuple[float, float]:
+    """(relative, absolute) rounding bound of one statistic stored as ``dtype``.
+
+    Round-to-nearest moves a value ``x`` by at most ``rel * |x| + abs``; a mean or a
+    window mean of stored values therefore differs from the float32 one by at most
+    ``rel * mean|x| + abs`` (plus float32 summation error).
+    """
+    info = np.finfo(np.dtype(dtype))
+    return float(info.eps) / 2, float(info.smallest_subnormal) / 2
 
 
 def chunking(n: int) -> tuple[int, int]:
