@@ -135,6 +135,14 @@ def chunking(n: int) -> tuple[int, int]:
     return chunk, chunk * min(CHUNKS_PER_SHARD, n_chunks)
 
 
+def compact_metadata():
+    """A context in which zarr writes its metadata (``zarr.json``) without indentation:
+    about 40% smaller, which counts on small stores (14 array nodes per part)."""
+    import zarr
+
+    return zarr.config.set({"json_indent": None})
+
+
 def compressor():
     """Blosc (zstd, byte shuffle): beats raw keys/float16 masses and compresses pointers."""
     from zarr.codecs import BloscCodec

@@ -33,7 +33,8 @@ from .encode import EncodedPart, decode_records, encode_part
 from .fs import create_exclusive, fault_point, group_node, read_json, tree_bytes
 from .schema import (CONSOLIDATED_MANIFEST, MANIFESTS_DIR, PARQUET_OPTIONS, PARTS_DIR,
                      SCHEMA_VERSION, STAGING_DIR, STORE_KIND, TOKEN_STATS, StoreError,
-                     check_part_name, check_storage, chunking, compressor, manifest_schema)
+                     check_part_name, check_storage, chunking, compact_metadata, compressor,
+                     manifest_schema)
 
 PART_META_KEY = b"nex_store_part"
 PARTS_META_KEY = b"nex_store_parts"
@@ -236,7 +237,8 @@ class ActivationStore:
         token = uuid.uuid4().hex
         staging = staging_root / f"{part}{STAGING_SEP}{token}"
         try:
-            self._write_group(staging, part, encoded, summary)
+            with compact_metadata():  # zarr.json without indentation
+                self._write_group(staging, part, encoded, summary)
             target = self.part_dir(part)
             if target.exists():  # left by a crash after the rename, before the manifest
                 trash = staging_root / f"{part}{STAGING_SEP}{token}{STAGING_SEP}trash"
@@ -295,7 +297,7 @@ class ActivationStore:
         summaries = {p: self.part_summary(p) for p in parts}
         write_manifest(self.path / CONSOLIDATED_MANIFEST, table,
                        {PARTS_META_KEY: json.dumps(summaries)})
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), compact_metadata():
             warnings.simplefilter("ignore")
             zarr.consolidate_metadata(str(self.path))
 
