@@ -9,6 +9,7 @@ import importlib.util
 import json
 import multiprocessing
 import time
+from pathlib import Path
 
 import pytest
 
@@ -60,28 +61,40 @@ def test_second_load_uses_the_cache_and_gives_identical_logits(tmp_path, monkeyp
     assert uncached.config._name_or_path != str(target)
 
 
-def _load_in_child(cache: str, queue) -> None:
-    import os
+def _save_in_child(source: str, target: str, queue) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    os.environ["NEX_CACHE"] = cache
+    from pipelines.capture.models import ModelSpec, _save_converted
+
     torch.set_num_threads(1)
-    model, _ = load_model(resolve_model("smollm2-135m"), progress=False)
-    queue.put(model.config._name_or_path)
+    model = AutoModelForCausalLM.from_pretrained(source)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    spec = ModelSpec("tiny", source, "tiny.gguf", "test")
+    queue.put(_save_converted(model, tokenizer, Path(target), spec, "float32"))
 
 
-@pytest.mark.slow
-@needs_smollm2
-def test_two_processes_converting_at_once_leave_one_complete_entry(tmp_path):
-    cache = str(tmp_path / "cache")
+def test_two_processes_writing_one_entry_leave_one_complete_copy(tmp_path):
+    from pipelines.capture.tiny import build_tiny_model
+
+    source = tmp_path / "tiny"
+    build_tiny_model(source, "llama")
+    target = tmp_path / "cache" / "models" / "converted" / "tiny-0123-float32-tf"
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
-    procs = [ctx.Process(target=_load_in_child, args=(cache, queue)) for _ in range(2)]
+    procs = [ctx.Process(target=_save_in_child, args=(str(source), str(target), queue))
+             for _ in range(2)]
     for proc in procs:
         proc.start()
     for proc in procs:
-        proc.join(600)
+        proc.join(300)
     assert [proc.exitcode for proc in procs] == [0, 0]
-    folder = tmp_path / "cache" / "models" / "converted"
-    entries = sorted(p.name for p in folder.iterdir())
-    assert len(entries) == 1 and not entries[0].startswith(".")
-    assert json.loads((folder / entries[0] / CONVERTED_MARKER).read_text())["format"] == 1
+    assert sorted([queue.get(timeout=5), queue.get(timeout=5)]) == [False, True]
+    assert [p.name for p in target.parent.iterdir()] == [target.name]  # no temp folder left
+    assert json.loads((target / CONVERTED_MARKER).read_text())["format"] == 1
+    from transformers import AutoModelForCausalLM
+
+    original = AutoModelForCausalLM.from_pretrained(source)
+    copy = AutoModelForCausalLM.from_pretrained(target)
+    ids = torch.tensor([[1, 5, 9, 3]])
+    with torch.no_grad():
+        assert torch.equal(original(ids).logits, copy(ids).logits)
