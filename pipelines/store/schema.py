@@ -59,9 +59,16 @@ PART_ARRAYS = {
     "token_ids": ("int32", "tokens"),
 }
 #: Per-token statistics arrays (``token_stat_dtype``, ``tokens`` long); present when any
-#: trace has them. float16 keeps 11 significant bits: a statistic ``x`` is stored within
-#: ``2^-11 |x|`` (``2^-25`` absolutely near zero), so a per-response mean moves by at most
-#: ``2^-11 mean|x| + 2^-25`` (see :func:`token_stat_tolerance`).
+#: trace has them. In float16 they are stored by running-sum quantisation (see
+#: ``encode.quantize_token_stat``): the values of a trace with ``|x| <`` TOKEN_STAT_LIMIT
+#: are rounded so that every running sum stays within TOKEN_STAT_STEP / 2 of the exact one
+#: (each value within TOKEN_STAT_STEP, and exact in float16); larger values are rounded to
+#: the nearest float16 (within ``2^-11 |x|``). The sum of any run of tokens of a trace is
+#: then within ``TOKEN_STAT_STEP + 2^-11 * sum(|x| of its large values)`` of the float32
+#: sum: a mean over ``n`` tokens within that divided by ``n`` (what the baselines use,
+#: METHOD.md section 8), and the coarse grid compresses far better than plain float16.
+TOKEN_STAT_STEP = 2.0 ** -6
+TOKEN_STAT_LIMIT = 1024 * TOKEN_STAT_STEP
 TOKEN_STATS = TOKEN_STAT_NAMES
 
 #: Manifest columns, in order (see :func:`manifest_schema`).
@@ -115,17 +122,6 @@ def array_dtype(name: str, storage: dict) -> np.dtype:
         return np.dtype(storage.get("token_stat_dtype", DEFAULT_STORAGE["token_stat_dtype"]))
     spec = PART_ARRAYS[name][0]
     return np.dtype(storage.get(spec, spec))
-
-
-def token_stat_tolerance(dtype: str | np.dtype) -> tuple[float, float]:
-    """(relative, absolute) rounding bound of one statistic stored as ``dtype``.
-
-    Round-to-nearest moves a value ``x`` by at most ``rel * |x| + abs``; a mean or a
-    window mean of stored values therefore differs from the float32 one by at most
-    ``rel * mean|x| + abs`` (plus float32 summation error).
-    """
-    info = np.finfo(np.dtype(dtype))
-    return float(info.eps) / 2, float(info.smallest_subnormal) / 2
 
 
 def chunking(n: int) -> tuple[int, int]:
