@@ -83,7 +83,7 @@ def register(subparsers) -> None:
     verify.add_argument("store")
     verify.set_defaults(func=cmd_verify)
 
-    finalize = sub.add_parser("finalize", help="write the consolidated manifest and metadata")
+    finalize = sub.add_parser("finalize", help="write the consolidated manifest")
     finalize.add_argument("store")
     finalize.set_defaults(func=cmd_finalize)
 

@@ -15,7 +15,6 @@ import shutil
 import sys
 import time
 import uuid
-import warnings
 import zlib
 from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
@@ -279,15 +278,14 @@ class ActivationStore:
         write_manifest(self._manifest_path(part), table, {PART_META_KEY: json.dumps(summary)})
 
     def finalize(self, stale_after: float = STALE_SECONDS) -> None:
-        """Consolidate: one ``manifest.parquet`` and consolidated zarr metadata; idempotent.
+        """Consolidate: one ``manifest.parquet``; idempotent. (No consolidated zarr
+        metadata: readers open each part's group, so it would only add bytes.)
 
         Call when writers are done; rerun after appending. It also removes what crashed
         writers left behind (staging directories, part groups without a manifest, temp
         files) once untouched for ``stale_after`` seconds, so a writer still at work is
         never disturbed.
         """
-        import zarr
-
         if not self._writable:
             raise StoreError(expected(f"store {self.path}", "opened for writing (create)",
                                       "a read-only store (open)"))
@@ -297,9 +295,6 @@ class ActivationStore:
         summaries = {p: self.part_summary(p) for p in parts}
         write_manifest(self.path / CONSOLIDATED_MANIFEST, table,
                        {PARTS_META_KEY: json.dumps(summaries)})
-        with warnings.catch_warnings(), compact_metadata():
-            warnings.simplefilter("ignore")
-            zarr.consolidate_metadata(str(self.path))
 
     def _remove_leftovers(self, parts: list[str], stale_after: float) -> None:
         cutoff = time.time() - stale_after

@@ -57,9 +57,6 @@ def test_second_load_uses_the_cache_and_gives_identical_logits(tmp_path, monkeyp
         assert torch.equal(converted(ids).logits, cached(ids).logits)
     assert cached.generation_config.to_dict() == converted.generation_config.to_dict()
 
-    uncached, _ = load_model(spec, progress=False, use_cache=False)
-    assert uncached.config._name_or_path != str(target)
-
 
 def _save_in_child(source: str, target: str, queue) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
