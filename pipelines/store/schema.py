@@ -82,7 +82,8 @@ STATUS_COMPLETE = "complete"
 
 #: Parquet options of manifests (footer statistics and the embedded arrow schema cost
 #: kilobytes per part; readers cast to :func:`manifest_schema`).
-PARQUET_OPTIONS = {"compression": "zstd", "write_statistics": False, "store_schema": False}
+PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 9, "write_statistics": False,
+                   "store_schema": False}
 
 
 class StoreError(NexError):
