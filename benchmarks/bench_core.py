@@ -5,6 +5,25 @@ pinned to one core (BLAS/OpenMP threads = 1). Prints rows/s, peak memory, agreem
 last, the speed ratio (target >= 30x).
 
     .venv/bin/python benchmarks/bench_core.py [--traces 500] [--keys-per-row 300]
+
+With ``--reference DIR`` (a checkout of the published reference implementation, the
+authors' MIT ``nex`` repository, kept outside this repository) it instead writes one
+synthetic row cache (600 traces by default) and runs both implementations on it as
+separate processes pinned to one core (``taskset -c CORE``), alternating, best of
+``--repeat``:
+
+* whole process: ``nex rows-cache run CACHE`` against the reference's
+  ``run_nex.py run --cache-dir CACHE`` (interpreter start, imports, reading, learning,
+  scoring, writing weights and scores);
+* compute only: reading the cache, learning the weights and scoring every response, timed
+  inside each process after its imports.
+
+It checks that both give the same answers (per-response GMFs, NEX, weight signs) and
+prints the two ratios (targets >= 20x whole process, >= 30x compute only). The reference
+needs numpy, scikit-learn and hmmlearn (its requirements.txt); ``--reference-python``
+names an interpreter that has them (default ``DIR/.venv/bin/python`` when it exists).
+
+    .venv/bin/python benchmarks/bench_core.py --reference ../ref-nex --reference-python PY
 """
 
 from __future__ import annotations
@@ -15,7 +34,11 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = "1"
 
 import argparse  # noqa: E402
+import json  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 import tracemalloc  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -39,13 +62,128 @@ def _timed(fn, repeat: int):
     return best, result
 
 
+# Compute-only timers, run in the measured processes (after their imports).
+_OURS_COMPUTE = """
+import json, sys, time
+from nex_transforms import NexParams, accumulate, score_corpus
+from pipelines.rows_cache import read_rows_cache
+start = time.perf_counter()
+params = NexParams()
+corpus = read_rows_cache(sys.argv[1])
+weights = accumulate(corpus, params).finalize(params.eps)
+result = score_corpus(corpus, weights)
+print(json.dumps({"seconds": time.perf_counter() - start, "nex": result.nex}))
+"""
+_REFERENCE_COMPUTE = """
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+import numpy as np
+from nex_core import learn_nex_weights, score_responses
+start = time.perf_counter()
+weights = learn_nex_weights(sys.argv[2])
+scores = score_responses(sys.argv[2], weights)
+seconds = time.perf_counter() - start
+print(json.dumps({"seconds": seconds, "nex": float(np.nanmean(scores))}))
+"""
+
+
+def _run(cmd: list, env: dict) -> float:
+    start = time.perf_counter()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"bench_core: {cmd[:4]} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    return seconds
+
+
+def _compute(cmd: list, env: dict) -> dict:
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"bench_core: compute run failed ({done.returncode}):\n"
+                         f"{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def reference_benchmark(args) -> int:
+    """Whole-process and compute-only ratios against the published reference."""
+    from pipelines.rows_cache import write_rows_cache
+    from pipelines.weights_io import load_weights
+
+    ref = Path(args.reference).resolve()
+    if not (ref / "run_nex.py").is_file() or not (ref / "nex_core").is_dir():
+        raise SystemExit(f"bench_core: --reference {ref}: expected a checkout of the reference "
+                         "implementation (run_nex.py, nex_core/), got none")
+    ref_python = args.reference_python or (str(ref / ".venv" / "bin" / "python")
+                                           if (ref / ".venv" / "bin" / "python").is_file()
+                                           else sys.executable)
+    pin = ["taskset", "-c", str(args.core)] if shutil.which("taskset") else []
+    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONDONTWRITEBYTECODE="1")
+    spec = SyntheticSpec(n_traces=args.traces, keys_per_row=args.keys_per_row, seed=args.seed)
+    corpus = synthetic_corpus(spec)
+    print(f"corpus: {corpus.n_traces} traces, {corpus.n_rows} rows, {corpus.n_entries:,} entries "
+          f"({corpus.n_entries / corpus.n_rows:.0f} keys/row); pinned: {' '.join(pin) or 'no'}; "
+          f"reference python: {ref_python}")
+    with tempfile.TemporaryDirectory(prefix="nex-bench-ref-") as tmp:
+        tmp = Path(tmp)
+        cache = str(write_rows_cache(corpus, tmp / "cache"))
+        del corpus
+        ours_whole, ref_whole, ours_compute, ref_compute = [], [], [], []
+        for i in range(args.repeat):
+            ours_whole.append(_run(pin + [sys.executable, "-m", "pipelines.cli", "rows-cache",
+                                          "run", cache, "--out", str(tmp / f"ours{i}")], env))
+            ref_whole.append(_run(pin + [ref_python, str(ref / "run_nex.py"), "run",
+                                         "--cache-dir", cache, "--output-dir",
+                                         str(tmp / f"ref{i}")], env))
+            ours_compute.append(_compute(pin + [sys.executable, "-c", _OURS_COMPUTE, cache], env))
+            ref_compute.append(_compute(pin + [ref_python, "-c", _REFERENCE_COMPUTE, str(ref),
+                                               cache], env))
+            print(f"  round {i + 1}: whole {ref_whole[-1]:.2f} s / {ours_whole[-1]:.2f} s, "
+                  f"compute {ref_compute[-1]['seconds']:.2f} s / "
+                  f"{ours_compute[-1]['seconds']:.2f} s (reference / ours)", flush=True)
+        ours_gmf = np.load(tmp / "ours0" / "response_scores.npy").astype(np.float64)
+        ref_gmf = np.load(tmp / "ref0" / "response_scores.npy").astype(np.float64)
+        ours_nex = json.loads((tmp / "ours0" / "summary.json").read_text())["nex_score"]
+        ref_nex = json.loads((tmp / "ref0" / "summary.json").read_text())["nex_score"]
+        ours_w = load_weights(tmp / "ours0" / "weights.npz")
+        ref_w = load_weights(tmp / "ref0" / "weights.npz")
+    both = np.isfinite(ours_gmf) & np.isfinite(ref_gmf)
+    credited = (ours_w != 0) | (ref_w != 0)
+    print(f"same answers: scored responses {int(np.isfinite(ours_gmf).sum())} / "
+          f"{int(np.isfinite(ref_gmf).sum())} (ours / reference), same set "
+          f"{bool(np.array_equal(np.isfinite(ours_gmf), np.isfinite(ref_gmf)))}, "
+          f"max |dGMF| {np.abs(ours_gmf[both] - ref_gmf[both]).max():.2e}, "
+          f"|dNEX| {abs(ours_nex - ref_nex):.2e} (NEX {ours_nex:.6f} / {ref_nex:.6f}), "
+          f"weight signs {float((np.sign(ours_w[credited]) == np.sign(ref_w[credited])).mean()):.5f}, "
+          f"max |dw| {np.abs(ours_w - ref_w).max():.2e}")
+    whole = min(ref_whole) / min(ours_whole)
+    compute = min(r["seconds"] for r in ref_compute) / min(o["seconds"] for o in ours_compute)
+    print(f"reference: whole process {min(ref_whole):8.2f} s, compute {min(r['seconds'] for r in ref_compute):8.2f} s")
+    print(f"ours:      whole process {min(ours_whole):8.2f} s, compute {min(o['seconds'] for o in ours_compute):8.2f} s")
+    print(f"speed ratio vs the published reference (best of {args.repeat}, one core): "
+          f"whole process {whole:.1f}x (target >= 20x), compute only {compute:.1f}x "
+          f"(target >= 30x)")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--traces", type=int, default=500)
+    parser.add_argument("--traces", type=int, default=None,
+                        help="traces (default 500; 600 with --reference)")
     parser.add_argument("--keys-per-row", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeat", type=int, default=3, help="best of N for the core")
+    parser.add_argument("--reference", metavar="DIR",
+                        help="checkout of the published reference implementation: compare "
+                             "whole-process and compute-only times against it")
+    parser.add_argument("--reference-python", metavar="PY",
+                        help="python with the reference's requirements (numpy, scikit-learn, "
+                             "hmmlearn)")
+    parser.add_argument("--core", type=int, default=0, help="CPU core to pin to (taskset -c)")
     args = parser.parse_args(argv)
+    if args.reference:
+        args.traces = args.traces or 600
+        return reference_benchmark(args)
+    args.traces = args.traces or 500
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
 

@@ -8,6 +8,7 @@ The activation site is the MLP intermediate (METHOD.md section 1): the input of
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import hashlib
 import importlib.metadata
@@ -193,6 +194,12 @@ def config_hash(config) -> str:
     for key in ("_name_or_path", "transformers_version", "torch_dtype", "dtype",
                 "_attn_implementation_autoset", "_commit_hash"):
         data.pop(key, None)
+    quantization = data.get("quantization_config")
+    method = quantization.get("quant_method") if isinstance(quantization, dict) else None
+    if getattr(method, "value", method) == "gguf":
+        # GGUF weights are de-quantized on load: a converted copy (see converted_dir) has
+        # the same weights without this entry; the GGUF file itself is the model revision.
+        data.pop("quantization_config")
     return "sha256:" + hashlib.sha256(
         json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -217,9 +224,101 @@ def _quiet_gguf_conversion(quiet: bool):
         module.tqdm = original
 
 
+#: Bumped when the layout of a converted-model cache entry changes.
+CONVERTED_FORMAT = 1
+#: Marker file written last into a converted-model folder: the entry is complete.
+CONVERTED_MARKER = "nex-converted.json"
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def converted_dir(spec: ModelSpec, dtype: str) -> Path | None:
+    """Where the converted (Hugging Face layout) copy of a GGUF model is cached, or None
+    for a model that is not a GGUF file.
+
+    ``<cache_dir()>/models/converted/<gguf stem>-<sha256 of the file, 16 hex>-<dtype>-
+    tf<transformers version>``: the content hash, not the path, identifies the weights,
+    and a new transformers version converts again.
+    """
+    if not spec.gguf_file:
+        return None
+    gguf = Path(spec.path) / spec.gguf_file
+    stat = gguf.stat()
+    key = f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    digest = _SHA_MEMO.get(key)
+    if digest is None:
+        digest = _SHA_MEMO[key] = _file_sha256(gguf)
+    name = f"{_slug(gguf.stem)}-{digest[:16]}-{dtype}-tf{_version('transformers')}"
+    return cache_dir() / "models" / "converted" / name
+
+
+_SHA_MEMO: dict[str, str] = {}
+
+
+def _cached_complete(folder: Path) -> bool:
+    try:
+        marker = json.loads((folder / CONVERTED_MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(marker, dict) and marker.get("format") == CONVERTED_FORMAT
+
+
+def _save_converted(model, tokenizer, target: Path, spec: ModelSpec, dtype: str) -> bool:
+    """Write the converted model into ``target`` atomically; True when this call wrote it.
+
+    Everything goes to a temporary sibling folder (marker file last) that is renamed
+    into place in one step; when another process got there first its copy is kept and
+    ours removed. A failure (disk full, read-only cache) leaves no partial entry and is
+    not an error: the next load converts again.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        from safetensors.torch import save_model
+
+        # transformers refuses save_pretrained on a model loaded from GGUF (it counts as
+        # quantized); its weights are plain tensors after conversion, so save them and a
+        # config without the GGUF quantization entry, which from_pretrained reads back.
+        config = copy.deepcopy(model.config)
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        config.save_pretrained(tmp)
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.save_pretrained(tmp)
+        save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        tokenizer.save_pretrained(tmp)
+        (tmp / CONVERTED_MARKER).write_text(json.dumps(
+            {"format": CONVERTED_FORMAT, "gguf_file": spec.gguf_file, "revision": spec.revision,
+             "dtype": dtype, "transformers": _version("transformers")}, sort_keys=True))
+        for entry in [tmp, *tmp.rglob("*")]:
+            os.chmod(entry, 0o755 if entry.is_dir() else 0o644)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if _cached_complete(target):
+                return False  # another process wrote it first
+            raise
+        return True
+    except (OSError, ValueError, RuntimeError):
+        return False
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def load_model(spec: ModelSpec, dtype: str = "float32", device: str = "cpu",
-               progress: bool = True):
-    """Load ``(model, tokenizer)`` for a :class:`ModelSpec` in eval mode on ``device``."""
+               progress: bool = True, use_cache: bool = True):
+    """Load ``(model, tokenizer)`` for a :class:`ModelSpec` in eval mode on ``device``.
+
+    A GGUF model is converted (de-quantised into a transformers model) once: the result is
+    saved under :func:`converted_dir` and later loads read that copy, which gives the same
+    weights, tokenizer and logits. ``use_cache=False`` always converts and writes nothing.
+    """
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -235,10 +334,18 @@ def load_model(spec: ModelSpec, dtype: str = "float32", device: str = "cpu",
         raise ModelError(expected("--device", "cpu or cuda[:N]", repr(device))) from None
     kwargs = {"gguf_file": spec.gguf_file} if spec.gguf_file else {"revision": spec.revision} \
         if not Path(spec.path).is_dir() else {}
+    cached = converted_dir(spec, dtype) if use_cache else None
     try:
-        with _quiet_gguf_conversion(not progress):
-            tokenizer = AutoTokenizer.from_pretrained(spec.path, **kwargs)
-            model = AutoModelForCausalLM.from_pretrained(spec.path, dtype=DTYPES[dtype], **kwargs)
+        if cached is not None and _cached_complete(cached):
+            tokenizer = AutoTokenizer.from_pretrained(cached)
+            model = AutoModelForCausalLM.from_pretrained(cached, dtype=DTYPES[dtype])
+        else:
+            with _quiet_gguf_conversion(not progress):
+                tokenizer = AutoTokenizer.from_pretrained(spec.path, **kwargs)
+                model = AutoModelForCausalLM.from_pretrained(spec.path, dtype=DTYPES[dtype],
+                                                             **kwargs)
+            if cached is not None:
+                _save_converted(model, tokenizer, cached, spec, dtype)
     except Exception as err:  # loaders raise many types (safetensors, gguf, json, ...)
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelError(expected(f"model {spec.path}" + (f" ({spec.gguf_file})" if spec.gguf_file else ""),

@@ -100,7 +100,7 @@ def register(subparsers) -> None:
     add_storage_options_flag(verify)
     verify.set_defaults(func=cmd_verify)
 
-    finalize = sub.add_parser("finalize", help="write the consolidated manifest and metadata")
+    finalize = sub.add_parser("finalize", help="write the consolidated manifest")
     finalize.add_argument("store")
     add_storage_options_flag(finalize)
     finalize.set_defaults(func=cmd_finalize)

@@ -5,7 +5,7 @@ Typical use::
     from pipelines.store import ActivationStore
     store = ActivationStore.create("runs/acts.zarr", {"capture": capture_params})
     store.write_part("model-a-00000", records)       # atomic, rerun-safe
-    store.finalize()                                 # one manifest + consolidated metadata
+    store.finalize()                                 # one consolidated manifest
     corpus = ActivationStore.open("runs/acts.zarr").read_corpus()
 
 The on-disk schema is documented in ``docs/STORE.md`` and in :mod:`pipelines.store.schema`.

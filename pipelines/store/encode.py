@@ -10,7 +10,8 @@ from nex_transforms import KEY_SPACE, RESERVED_LAYER, UNIT_BITS
 from nex_transforms.errors import expected
 
 from ..records import TraceRecord
-from .schema import STATUS_COMPLETE, TOKEN_STATS, StoreError, array_dtype
+from .schema import (STATUS_COMPLETE, TOKEN_STAT_LIMIT, TOKEN_STAT_STEP, TOKEN_STATS,
+                     StoreError, array_dtype)
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,39 @@ def to_storage(values: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, int]:
     if over.any():
         values = np.where(over, np.sign(values) * limit, values)
     return values.astype(dtype), int(over.sum())
+
+
+def quantize_token_stat(values: np.ndarray, ptr: np.ndarray, step: float = TOKEN_STAT_STEP,
+                        limit: float = TOKEN_STAT_LIMIT) -> np.ndarray:
+    """Round per-token values (concatenated traces, trace t owns ``[ptr[t], ptr[t+1])``)
+    so that running sums are kept: returns float64 values to be cast to float16.
+
+    Within each trace, the finite values with ``|x| < limit`` are replaced by the
+    differences of their running sums rounded to multiples of ``step``: each running sum
+    of those values stays within ``step / 2`` of the exact one, each value moves by at
+    most ``step``, and every new value is a multiple of ``step`` below ``limit + step``
+    (exact in float16 when ``limit <= 1024 * step``). Other values (large, NaN, inf) are
+    returned unchanged.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    out = x.copy()
+    idx = np.flatnonzero(np.isfinite(x) & (np.abs(x) < limit))
+    if idx.size == 0:
+        return out
+    trace = np.searchsorted(np.asarray(ptr), idx, side="right") - 1
+    small = x[idx]
+    total = np.cumsum(small)
+    first = np.ones(idx.size, dtype=bool)
+    first[1:] = trace[1:] != trace[:-1]
+    before = (total - small)[first]  # running total before each trace's first value
+    within = total - before[np.cumsum(first) - 1]
+    rounded = np.round(within / step)
+    previous = np.empty_like(rounded)
+    previous[0] = 0.0
+    previous[1:] = rounded[:-1]
+    previous[first] = 0.0
+    out[idx] = (rounded - previous) * step
+    return out
 
 
 def _check_records(records: object) -> list[TraceRecord]:
@@ -106,17 +140,24 @@ def encode_part(part: str, records: list[TraceRecord], storage: dict) -> Encoded
         "token_ids": cat([r.token_ids for r in records], np.int32),
     }
     present = [name for name in TOKEN_STATS if any(name in r.token_stats for r in records)]
+    sat_stats = 0
     for name in present:
-        arrays[name] = cat([np.asarray(r.token_stats[name], dtype=np.float32)
-                            if name in r.token_stats
-                            else np.full(r.response_tokens, np.nan, np.float32)
-                            for r in records], np.float32)
+        values = cat([np.asarray(r.token_stats[name], dtype=np.float32)
+                      if name in r.token_stats
+                      else np.full(r.response_tokens, np.nan, np.float32)
+                      for r in records], np.float32)
+        dtype = array_dtype(name, storage)
+        if dtype == np.float16:
+            values = quantize_token_stat(values, arrays["token_ptr"])
+        arrays[name], saturated = to_storage(values, dtype)
+        sat_stats += saturated
     columns = _manifest_columns(part, records, arrays)
     counts = {
         "n_traces": len(records), "n_rows": int(sum(row_counts)),
         "n_entries": int(arrays["keys"].size), "n_aggregate_entries": int(agg_masses.size),
         "n_tokens": int(sum(token_counts)), "token_stats": present,
         "saturated_masses": sat_rows, "saturated_aggregate_masses": sat_agg,
+        "saturated_token_stats": sat_stats,
     }
     return EncodedPart(arrays=arrays, columns=columns, counts=counts)
 

@@ -21,8 +21,9 @@ from nex_transforms.errors import NexError, expected
 
 from ..records import TOKEN_STAT_NAMES
 
-#: Version of the layout below; bumped on any incompatible change (2: every chunk carries
-#: a crc32c checksum in its codec chain; version 1 stores are refused, see docs/STORE.md).
+#: Version of the layout below; bumped on any incompatible change. 2: every chunk carries
+#: a crc32c checksum in its codec chain, and per-token statistics are stored as
+#: ``token_stat_dtype`` (float16 by default; float32 in 1). Version 1 stores are refused.
 SCHEMA_VERSION = 2
 
 #: Marker attribute naming the kind of zarr hierarchy.
@@ -35,9 +36,11 @@ MANIFESTS_DIR = "manifests"
 STAGING_DIR = ".staging"
 CONSOLIDATED_MANIFEST = "manifest.parquet"
 
-#: Storage dtypes allowed for row and aggregate masses (chosen at creation).
+#: Storage dtypes allowed for row and aggregate masses and for the per-token statistics
+#: (chosen at creation).
 MASS_DTYPES = ("float16", "float32")
-DEFAULT_STORAGE = {"mass_dtype": "float16", "aggregate_dtype": "float16"}
+DEFAULT_STORAGE = {"mass_dtype": "float16", "aggregate_dtype": "float16",
+                   "token_stat_dtype": "float16"}
 
 #: Elements per chunk, and chunks per shard, of every 1-D array.
 CHUNK_ELEMENTS = 1 << 16
@@ -56,8 +59,17 @@ PART_ARRAYS = {
     "token_ptr": ("int64", "traces+1"),       # trace t owns tokens [p[t], p[t+1])
     "token_ids": ("int32", "tokens"),
 }
-#: Per-token statistics arrays (float32, ``tokens`` long); present when any trace has them.
-TOKEN_STAT_DTYPE = "float32"
+#: Per-token statistics arrays (``token_stat_dtype``, ``tokens`` long); present when any
+#: trace has them. In float16 they are stored by running-sum quantisation (see
+#: ``encode.quantize_token_stat``): the values of a trace with ``|x| <`` TOKEN_STAT_LIMIT
+#: are rounded so that every running sum stays within TOKEN_STAT_STEP / 2 of the exact one
+#: (each value within TOKEN_STAT_STEP, and exact in float16); larger values are rounded to
+#: the nearest float16 (within ``2^-11 |x|``). The sum of any run of tokens of a trace is
+#: then within ``TOKEN_STAT_STEP + 2^-11 * sum(|x| of its large values)`` of the float32
+#: sum: a mean over ``n`` tokens within that divided by ``n`` (what the baselines use,
+#: METHOD.md section 8), and the coarse grid compresses far better than plain float16.
+TOKEN_STAT_STEP = 2.0 ** -6
+TOKEN_STAT_LIMIT = 1024 * TOKEN_STAT_STEP
 TOKEN_STATS = TOKEN_STAT_NAMES
 
 #: Manifest columns, in order (see :func:`manifest_schema`).
@@ -71,7 +83,8 @@ STATUS_COMPLETE = "complete"
 
 #: Parquet options of manifests (footer statistics and the embedded arrow schema cost
 #: kilobytes per part; readers cast to :func:`manifest_schema`).
-PARQUET_OPTIONS = {"compression": "zstd", "write_statistics": False, "store_schema": False}
+PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 9, "write_statistics": False,
+                   "store_schema": False}
 
 
 class StoreError(NexError):
@@ -108,7 +121,7 @@ def check_storage(storage: object) -> dict:
 def array_dtype(name: str, storage: dict) -> np.dtype:
     """The storage dtype of a part array (token stats included)."""
     if name in TOKEN_STATS:
-        return np.dtype(TOKEN_STAT_DTYPE)
+        return np.dtype(storage.get("token_stat_dtype", DEFAULT_STORAGE["token_stat_dtype"]))
     spec = PART_ARRAYS[name][0]
     return np.dtype(storage.get(spec, spec))
 
@@ -118,6 +131,14 @@ def chunking(n: int) -> tuple[int, int]:
     chunk = max(1, min(CHUNK_ELEMENTS, n))
     n_chunks = -(-max(n, 1) // chunk)
     return chunk, chunk * min(CHUNKS_PER_SHARD, n_chunks)
+
+
+def compact_metadata():
+    """A context in which zarr writes its metadata (``zarr.json``) without indentation:
+    about 40% smaller, which counts on small stores (14 array nodes per part)."""
+    import zarr
+
+    return zarr.config.set({"json_indent": None})
 
 
 def compressor():

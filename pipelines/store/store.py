@@ -15,7 +15,6 @@ import shutil
 import sys
 import time
 import uuid
-import warnings
 import zlib
 from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
@@ -32,8 +31,9 @@ from .encode import EncodedPart, decode_records, encode_part
 from .fs import (LEASE_FILE, Lease, Location, create_exclusive, fault_point, group_node,
                  lease_live, pause_point)
 from .schema import (CONSOLIDATED_MANIFEST, MANIFESTS_DIR, PARQUET_OPTIONS, PARTS_DIR,
-                     SCHEMA_VERSION, STAGING_DIR, STORE_KIND, StoreError,
-                     check_part_name, check_storage, chunk_codecs, chunking, manifest_schema)
+                     SCHEMA_VERSION, STAGING_DIR, STORE_KIND, TOKEN_STATS, StoreError,
+                     check_part_name, check_storage, chunk_codecs, chunking, compact_metadata,
+                     manifest_schema)
 
 PART_META_KEY = b"nex_store_part"
 PARTS_META_KEY = b"nex_store_parts"
@@ -385,10 +385,11 @@ class ActivationStore:
         for index, name in enumerate(names):
             values = encoded.arrays[name]
             chunk, shard = chunking(values.size)
-            array = group.create_array(
-                name, shape=values.shape, dtype=values.dtype, chunks=(chunk,), shards=(shard,),
-                compressors=chunk_codecs(), fill_value=0,
-                config={"write_empty_chunks": True})
+            with compact_metadata():  # zarr.json without indentation
+                array = group.create_array(
+                    name, shape=values.shape, dtype=values.dtype, chunks=(chunk,),
+                    shards=(shard,), compressors=chunk_codecs(), fill_value=0,
+                    config={"write_empty_chunks": True})
             if values.size:
                 array[:] = values
             if index == len(names) // 2:
@@ -406,15 +407,14 @@ class ActivationStore:
             self.loc.put(self._manifest_rel(part), manifest_bytes(table, meta))
 
     def finalize(self, stale_after: float = STALE_SECONDS) -> None:
-        """Consolidate: one ``manifest.parquet`` and consolidated zarr metadata; idempotent.
+        """Consolidate: one ``manifest.parquet``; idempotent. (No consolidated zarr
+        metadata: readers open each part's group, so it would only add bytes.)
 
         Call when writers are done; rerun after appending. It also removes what crashed
         writers left behind (staging directories, part groups without a manifest, temp
         files) once untouched for ``stale_after`` seconds, so a writer still at work is
         never disturbed.
         """
-        import zarr
-
         if not self._writable:
             raise StoreError(expected(f"store {self.path}", "opened for writing (create)",
                                       "a read-only store (open)"))
@@ -430,9 +430,6 @@ class ActivationStore:
             write_manifest(self.path / CONSOLIDATED_MANIFEST, table, meta)
         else:
             self.loc.put(CONSOLIDATED_MANIFEST, manifest_bytes(table, meta))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            zarr.consolidate_metadata(self.loc.zarr_store("", read_only=False))
 
     def _remove_orphan_groups(self, parts: list[str], stale_after: float) -> None:
         """Object storage: remove groups no manifest names, once untouched for

