@@ -174,6 +174,12 @@ class Checkpoint:
 
 
 def _model_files(folder: Path) -> list[Path]:
+    """The files that make a checkpoint: a GGUF folder (no config.json) is its .gguf files,
+    a Hugging Face folder every file but hidden ones and the model card."""
+    if not (folder / "config.json").is_file():
+        ggufs = sorted(p for p in folder.glob("*.gguf") if p.is_file())
+        if ggufs:
+            return ggufs
     files = []
     for path in sorted(folder.rglob("*")):
         rel = path.relative_to(folder)
@@ -203,7 +209,7 @@ def checkpoint_state(folder: str | os.PathLike, settle_seconds: float = SETTLE_S
                      now: float | None = None) -> tuple[str, str]:
     """``("ready" | "pending" | "broken", why)`` for a model folder.
 
-    Ready: ``config.json`` and complete weights (every shard named in a
+    Ready: one ``.gguf`` file without ``config.json``, or ``config.json`` and complete weights (every shard named in a
     ``*.safetensors.index.json``, else at least one ``.safetensors``/``.bin`` file), no
     temporary files, and nothing changed for ``settle_seconds``. Pending: still being
     written (recent changes, temporary files, or weights missing but the folder recent).
@@ -220,8 +226,12 @@ def checkpoint_state(folder: str | os.PathLike, settle_seconds: float = SETTLE_S
     if partial:
         return "pending", f"files still being written: {partial[:3]}"
     problem = None
-    if not (folder / "config.json").is_file():
-        problem = "expected config.json, got none"
+    ggufs = sorted(folder.glob("*.gguf"))
+    if not (folder / "config.json").is_file() and len(ggufs) == 1:
+        pass  # a GGUF checkpoint: the one file holds config and weights
+    elif not (folder / "config.json").is_file():
+        problem = ("expected config.json (or one .gguf file), got "
+                   + (f"{len(ggufs)} .gguf files" if ggufs else "none"))
     else:
         indexes = sorted(folder.glob("*.safetensors.index.json")) + \
             sorted(folder.glob("*.bin.index.json"))

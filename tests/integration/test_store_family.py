@@ -4,15 +4,19 @@ model its own row."""
 
 from __future__ import annotations
 
+import importlib
 import json
+import os
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
-pytest.importorskip("torch")
-pytest.importorskip("transformers")
-pytest.importorskip("zarr")
+for _module in ("torch", "transformers", "zarr"):  # required under CI, skipped locally if missing
+    if os.environ.get("CI", "").lower() == "true":
+        importlib.import_module(_module)
+    else:
+        pytest.importorskip(_module)
 
 from pipelines.capture.tiny import build_tiny_model  # noqa: E402
 from pipelines.cli import main  # noqa: E402
