@@ -180,12 +180,14 @@ def watch_checkpoints_flow(workspace: str, calibration_set: str | dict = "gsm8k"
             summary["scored"].append({"name": item["name"], "nex": result["nex"],
                                       "log_gap": result["log_gap"]})
         else:
+            transient = False
             try:
                 state.result(raise_on_failure=True)
                 error = state.message or state.name
             except Exception as err:  # noqa: BLE001 - the subflow's exception
-                error = str(err)
-            root.record_failure(key, calset, item["name"], error)
+                error, transient = str(err), bool(getattr(err, "transient", False))
+            if not transient:  # bad input: not tried again until it changes
+                root.record_failure(key, calset, item["name"], error)
             summary["failed"].append({"name": item["name"], "error": error})
     _log(format_summary(calset.name, summary))
     return summary

@@ -360,9 +360,8 @@ class Workspace:
         return len(files)
 
     # ----------------------------------------------------------------- completion, catalog
-    def complete(self, checkpoint: Checkpoint, calset: CalibrationSet) -> dict:
-        """Record a finished scoring: the catalog row (from the tables' models table) as the
-        completion marker, then rewrite the catalog. Returns the row."""
+    def result_row(self, checkpoint: Checkpoint, calset: CalibrationSet) -> dict:
+        """The catalog row of a scored (checkpoint, calibration set), from its tables."""
         from .tables import read_run, read_table
 
         tables = self.tables_path(checkpoint, calset)
@@ -394,8 +393,15 @@ class Workspace:
         }
         previous = self.entry(checkpoint, calset)
         if previous is not None and previous.get("tables_fingerprint") == row["tables_fingerprint"]:
-            row["scored_at"] = previous["scored_at"]  # same tables: the marker is unchanged
-        else:
+            row["scored_at"] = previous["scored_at"]  # same tables: the same row
+        return row
+
+    def complete(self, checkpoint: Checkpoint, calset: CalibrationSet,
+                 row: dict | None = None) -> dict:
+        """Record a finished (checkpoint, calibration set): its catalog row as the completion
+        marker (unchanged when the tables are), then rewrite the catalog. Returns the row."""
+        row = row or self.result_row(checkpoint, calset)
+        if self.entry(checkpoint, calset) != json.loads(json.dumps(row)):
             atomic_write_json(self.marker_path(checkpoint, calset), row)
         self.write_catalog()
         return row
@@ -442,6 +448,8 @@ class StageError(WorkspaceError):
 
     def __init__(self, checkpoint: str, stage: str, error: BaseException | str) -> None:
         self.checkpoint, self.stage = checkpoint, stage
+        #: True when the cause is not bad input (a lost connection, a full disk): worth retrying
+        self.transient = isinstance(error, BaseException) and not isinstance(error, NexError)
         detail = error if isinstance(error, str) else \
             f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
         super().__init__(f"checkpoint {checkpoint}, stage {stage}: {detail}")
@@ -506,14 +514,15 @@ def score_stage(workspace: Workspace, checkpoint: Checkpoint, calset: Calibratio
 def publish_stage(workspace: Workspace, checkpoint: Checkpoint, calset: CalibrationSet,
                   targets: list[str] | tuple[str, ...] = ("folder",),
                   tracking_uri: str | None = None) -> dict:
-    """Record the result in the workspace catalog, then publish it to each target.
+    """Publish the result to each target, then record it in the workspace catalog (the
+    completion marker comes last: a failed publish leaves the checkpoint to be retried).
 
     Targets: ``folder`` (``WORKSPACE/published``), ``folder:PATH``, ``hf`` (the
     checkpoint's own model folder), ``hf:PATH``, ``source`` (the MLflow model version the
     checkpoint came from; nothing for folder checkpoints), ``mlflow:models:/NAME/VERSION``.
     Returns ``{"row": catalog row, "changes": {target: changes}}``.
     """
-    row = workspace.complete(checkpoint, calset)
+    row = workspace.result_row(checkpoint, calset)
     tables = workspace.tables_path(checkpoint, calset)
     changes: dict = {}
     for target in targets:
@@ -543,6 +552,7 @@ def publish_stage(workspace: Workspace, checkpoint: Checkpoint, calset: Calibrat
             from .publish.folder import publish_folder
 
             changes[target] = publish_folder([row], tables, where)
+    workspace.complete(checkpoint, calset, row)
     return {"row": row, "changes": changes}
 
 

@@ -203,3 +203,13 @@ def test_infra_prefect_yaml_names_deployments_whose_entry_points_exist():
             assert value is None or value in names, value
     watch = [d for d in deployments if d["entrypoint"].endswith(":watch_checkpoints_flow")]
     assert watch and all(s.get("cron") for d in watch for s in d["schedules"])
+
+
+def test_stage_errors_name_checkpoint_and_stage_and_tell_transient_causes():
+    from pipelines.workspace import CheckpointError, StageError
+
+    bad = StageError("ck", "capture", CheckpointError("weights: expected a file, got none"))
+    assert str(bad) == "checkpoint ck, stage capture: CheckpointError: weights: expected a file, got none"
+    assert not bad.transient and isinstance(bad, ValueError)
+    assert StageError("ck", "publish", ConnectionError("refused")).transient
+    assert not StageError("ck", "capture", "deployment run ended Failed").transient
