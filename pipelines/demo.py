@@ -106,6 +106,8 @@ def flows_stage(out: Path, args: argparse.Namespace) -> dict:
 
     # a temporary Prefect server on a busy 2-core machine can take longer than Prefect's 20 s
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    # its own Prefect home (database, settings) under OUT, not the user's ~/.prefect
+    os.environ.setdefault("PREFECT_HOME", str((out / "prefect-home").absolute()))
     flows = importlib.import_module("flows.flows")
     spec = resolve_model(args.model)
     folder = Path(spec.path)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+from pathlib import Path
 
 
 def _flows(module: str):
@@ -36,20 +37,28 @@ def cmd_flows(args: argparse.Namespace) -> int:
     from ..workspace import Workspace, format_ranking, load_calibration_set
 
     calset = load_calibration_set(args.calibration_set)  # bad names fail before Prefect starts
+    if Path(args.calibration_set).suffix:  # a file: absolute, for runs in other processes
+        args.calibration_set = str(Path(args.calibration_set).absolute())
     workspace = str(Workspace(args.workspace).root)
     publish_to = args.publish_to or None
+    if args.action == "run" and not args.checkpoint:
+        raise CommandError("CHECKPOINT: expected a model folder for 'nex flows run', got none")
+    if args.action != "run" and args.checkpoint:
+        raise CommandError(f"CHECKPOINT: expected none for 'nex flows {args.action}' (sources "
+                           f"are --checkpoints DIR / --mlflow-model NAME), got {args.checkpoint!r}")
+    if args.action != "run" and not (args.checkpoints or args.mlflow_model):
+        raise CommandError(f"sources: expected --checkpoints DIR or --mlflow-model NAME for "
+                           f"'nex flows {args.action}', got none")
+    if args.cron and args.interval:
+        raise CommandError(f"--cron/--interval: expected one of them, got both "
+                           f"({args.cron!r}, {args.interval})")
     if args.action == "serve":
-        if args.cron and args.interval:
-            raise CommandError(f"--cron/--interval: expected one of them, got both "
-                               f"({args.cron!r}, {args.interval})")
         _flows("serve").serve(workspace, calibration_set=args.calibration_set,
                               publish_to=publish_to, cron=args.cron, interval=args.interval,
                               settle_seconds=args.settle_seconds, **_sources(args))
         return 0
     module = _flows("flows")
     if args.action == "run":
-        if not args.checkpoint:
-            raise CommandError("CHECKPOINT: expected a model folder for 'nex flows run', got none")
         state = module.score_checkpoint_flow(workspace, args.checkpoint, args.calibration_set,
                                              publish_to, args.tracking_uri, args.device,
                                              return_state=True)

@@ -213,3 +213,19 @@ def test_stage_errors_name_checkpoint_and_stage_and_tell_transient_causes():
     assert not bad.transient and isinstance(bad, ValueError)
     assert StageError("ck", "publish", ConnectionError("refused")).transient
     assert not StageError("ck", "capture", "deployment run ended Failed").transient
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["flows", "run", "WS"], "CHECKPOINT: expected a model folder"),
+    (["flows", "watch", "WS"], "sources: expected --checkpoints DIR or --mlflow-model NAME"),
+    (["flows", "watch", "WS", "extra", "--checkpoints", "D"], "CHECKPOINT: expected none"),
+    (["flows", "serve", "WS", "--checkpoints", "D", "--cron", "* * * * *", "--interval", "5"],
+     "--cron/--interval: expected one of them"),
+    (["flows", "run", "WS", "M", "--calibration-set", "nosuchset"], "calibration set: expected"),
+])
+def test_nex_flows_refuses_bad_arguments_before_starting_prefect(argv, message, capsys):
+    from pipelines.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nex: error: ") and message in err and err.count("\n") == 1
