@@ -108,6 +108,7 @@ def flows_stage(out: Path, args: argparse.Namespace) -> dict:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     # its own Prefect home (database, settings) under OUT, not the user's ~/.prefect
     os.environ.setdefault("PREFECT_HOME", str((out / "prefect-home").absolute()))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # offline: no telemetry
     flows = importlib.import_module("flows.flows")
     spec = resolve_model(args.model)
     folder = Path(spec.path)
