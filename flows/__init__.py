@@ -1,1 +1,6 @@
-"""Prefect flows sequencing capture, scoring and publishing (no maths here)."""
+"""Prefect flows sequencing capture, scoring and publishing (no maths here).
+
+``flows.flows`` holds the flows, ``flows.tasks`` the tasks (each wraps one
+``pipelines.workspace`` stage), ``flows.serve`` the embedded deployments behind
+``nex flows serve``; ``flows/calibration_sets/*.yaml`` the shipped calibration sets.
+"""

@@ -14,6 +14,9 @@ COMMAND_MODULES = [
     "pipelines.commands.store",
     "pipelines.commands.capture",
     "pipelines.commands.score",
+    "pipelines.commands.publish",
+    "pipelines.commands.rank",
+    "pipelines.commands.flows",
 ]
 
 

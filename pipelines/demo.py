@@ -8,7 +8,10 @@ Stages (each prints what it did and writes into ``--out``):
 3. score the store with the local, Beam and Dask engines into ``OUT/tables-<engine>``
    and check that they agree; print the models table;
 4. the published reference example: NEX with the published weights and self-calibrated;
-5. a synthetic corpus with bursts of exploration, with and without the EM extension.
+5. a synthetic corpus with bursts of exploration, with and without the EM extension;
+6. flows: ``score_checkpoint_flow`` once on the shipped model (a few GSM8K prompts x 2
+   samples, Prefect's ephemeral mode: no server to start) into ``OUT/workspace``, then
+   the ranked catalog (``nex rank OUT/workspace``).
 
 Everything lands in ``OUT/report.json``.
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -90,6 +94,40 @@ def score_stage(store: Path, out: Path, engines: list[str]) -> dict:
     return {e: {k: v for k, v in t.items() if k != "gmf"} for e, t in tables.items()}
 
 
+def flows_stage(out: Path, args: argparse.Namespace) -> dict:
+    """score_checkpoint_flow on the shipped model, a cheap GSM8K calibration set; the flows
+    package sits above pipelines, so it is loaded by name."""
+    import importlib
+    from dataclasses import asdict
+
+    from .capture.models import resolve_model
+    from .workspace import (Checkpoint, Workspace, content_hash, format_ranking,
+                            load_calibration_set)
+
+    # a temporary Prefect server on a busy 2-core machine can take longer than Prefect's 20 s
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    # its own Prefect home (database, settings) under OUT, not the user's ~/.prefect
+    os.environ.setdefault("PREFECT_HOME", str((out / "prefect-home").absolute()))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # offline: no telemetry
+    flows = importlib.import_module("flows.flows")
+    spec = resolve_model(args.model)
+    folder = Path(spec.path)
+    checkpoint = Checkpoint(spec.model_id, str(folder), content_hash(folder), {"kind": "directory"})
+    calset = dict(load_calibration_set("gsm8k").to_dict(), name="gsm8k-demo",
+                  limit=min(args.limit, 2), samples=2,
+                  max_new_tokens=min(args.max_new_tokens, 96), batch_size=4)
+    workspace = out / "workspace"
+    start = time.perf_counter()
+    result = flows.score_checkpoint_flow(str(workspace), asdict(checkpoint), calset, ["folder"])
+    rows = Workspace(workspace).ranked()
+    print(f"flows: score_checkpoint_flow({checkpoint.name}, gsm8k-demo) -> NEX "
+          f"{result['nex']:.5f} (log-gap {result['log_gap']:.4f}) in "
+          f"{time.perf_counter() - start:.1f} s; $ nex rank {workspace}")
+    print(format_ranking(rows))
+    return {"workspace": str(workspace), "nex": result["nex"], "log_gap": result["log_gap"],
+            "catalog_rows": len(rows), "seconds": time.perf_counter() - start}
+
+
 def reference_stage(reference: Path) -> dict:
     corpus = read_rows_cache(reference / "example_cache")
     with np.load(reference / "example_weights.npz") as data:
@@ -147,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the published reference example folder")
     parser.add_argument("--synthetic-traces", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-flows", action="store_true",
+                        help="skip the Prefect flow stage (it starts a temporary Prefect server)")
     return parser
 
 
@@ -180,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
         args.synthetic_traces, args.seed, NexParams(fit_hmm=True))
     print(f"  extension (EM-fitted sticky HMM per trace): NEX {ext['nex']:.5f}, "
           f"{ext['cycles']} cycles, {ext['seconds']:.2f} s")
+
+    if not args.skip_capture and not args.skip_flows:
+        report["flows"] = flows_stage(out, args)
 
     atomic_write_json(out / "report.json", json.loads(json.dumps(report, default=str)))
     print(f"report written to {out / 'report.json'}")

@@ -9,8 +9,10 @@ the root metadata is created once, with an exclusive hard link.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -46,7 +48,20 @@ STALE_SECONDS = 600.0
 LEASE_SECONDS = 60.0
 #: Separates the part name in staging directory names ("~" is not allowed in part names).
 STAGING_SEP = "~"
-_KNOWN_ENTRIES = {"zarr.json", PARTS_DIR, MANIFESTS_DIR, STAGING_DIR, CONSOLIDATED_MANIFEST}
+#: Group holding one child group per model id whose attributes record that model's capture
+#: parameters (``models/<model dir>/zarr.json``, created once per model, never modified).
+MODELS_DIR = "models"
+_KNOWN_ENTRIES = {"zarr.json", PARTS_DIR, MANIFESTS_DIR, STAGING_DIR, CONSOLIDATED_MANIFEST,
+                  MODELS_DIR}
+
+
+def model_dir_name(model_id: str) -> str:
+    """The folder name of a model id under ``models/``: the id itself when it is a safe
+    name, otherwise a safe slug plus a hash of the id (ids like ``org/name`` stay distinct)."""
+    slug = re.sub(r"[^A-Za-z0-9._-]", "_", model_id).lstrip(".")
+    if slug == model_id and slug not in ("", "zarr.json"):
+        return slug
+    return f"{slug or 'model'}-{hashlib.sha256(model_id.encode()).hexdigest()[:12]}"
 
 
 def _normalise(value: object, what: str) -> object:
@@ -179,17 +194,66 @@ class ActivationStore:
         return cls(path, attributes, writable, loc)
 
     def _check_append(self, given: dict, explicit_storage: bool) -> None:
+        """Capture parameters are recorded per model id: a model already in the store must
+        be appended with equal parameters; a new model id records its own (created once,
+        exclusively, so concurrent appenders of one new model agree on one record)."""
         stored = self.metadata
-        differing = _differing_keys(stored.get("capture") or {}, given["capture"])
+        model_id = given["capture"].get("model_id")
+        if isinstance(model_id, str) and model_id:
+            recorded = self.capture_metadata(model_id)
+            record_path = self._model_capture_path(model_id)
+            if recorded is None:  # a new model in this store: record its parameters first
+                create_exclusive(self.path / MODELS_DIR / "zarr.json", group_node({}))
+                create_exclusive(record_path, group_node({"model_id": model_id,
+                                                          "capture": given["capture"]}))
+                recorded = self.capture_metadata(model_id)
+            what = f"store {self.path} capture parameters of model {model_id!r}"
+        else:
+            recorded, record_path = stored.get("capture") or {}, None
+            what = f"store {self.path} capture parameters"
+        differing = _differing_keys(recorded, given["capture"])
         if differing:
-            detail = "; ".join(f"{k}: stored {stored['capture'].get(k, '<missing>')!r}, "
+            detail = "; ".join(f"{k}: stored {recorded.get(k, '<missing>')!r}, "
                                f"given {given['capture'].get(k, '<missing>')!r}"
                                for k in differing[:5])
-            raise StoreError(expected(f"store {self.path} capture parameters",
-                                      "the stored ones", f"different keys {differing} ({detail})"))
+            raise StoreError(expected(what, "the stored ones",
+                                      f"different keys {differing} ({detail})"))
+        if record_path is not None and not record_path.exists():
+            # the store's first model (recorded in the root attributes): record it per model too
+            create_exclusive(self.path / MODELS_DIR / "zarr.json", group_node({}))
+            create_exclusive(record_path, group_node({"model_id": model_id, "capture": recorded}))
         if explicit_storage and given["storage"] != stored.get("storage"):
             raise StoreError(expected(f"store {self.path} storage options",
                                       stored.get("storage"), given["storage"]))
+
+    def _model_capture_path(self, model_id: str) -> Path:
+        return self.path / MODELS_DIR / model_dir_name(model_id) / "zarr.json"
+
+    def capture_metadata(self, model_id: str | None = None) -> dict | None:
+        """The capture parameters recorded for ``model_id`` (None: those given at the store's
+        creation); None when the store holds no record of that model."""
+        root = self.metadata.get("capture") or {}
+        if model_id is None:
+            return root
+        node = read_json(self._model_capture_path(model_id))
+        if node is not None and isinstance((node.get("attributes") or {}).get("capture"), dict):
+            return node["attributes"]["capture"]
+        return root if root.get("model_id") == model_id else None
+
+    @property
+    def captures(self) -> dict:
+        """``{model_id: capture parameters}`` for every model recorded in the store."""
+        out: dict = {}
+        root = self.metadata.get("capture") or {}
+        if isinstance(root.get("model_id"), str):
+            out[root["model_id"]] = root
+        folder = self.path / MODELS_DIR
+        for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
+            attributes = (read_json(entry / "zarr.json") or {}).get("attributes") or {}
+            if isinstance(attributes.get("model_id"), str) and \
+                    isinstance(attributes.get("capture"), dict):
+                out[attributes["model_id"]] = attributes["capture"]
+        return dict(sorted(out.items()))
 
     # ----------------------------------------------------------------- properties
     @property
@@ -656,6 +720,7 @@ class ActivationStore:
             "extra_metadata": aggregate_extras([s.get("extra_metadata", {})
                                                 for s in summaries.values()]),
             "capture": self.metadata.get("capture", {}),
+            "captures": self.captures,
         }
 
     def _array_bytes(self) -> dict:

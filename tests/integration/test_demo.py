@@ -36,3 +36,6 @@ def test_demo_with_a_real_capture_and_two_engines(tmp_path, reference_dir):
     assert [m["model_id"] for m in models] == ["smollm2-135m"]
     assert models[0]["n_responses"] == 2
     assert (out / "tables-local" / "responses.parquet").exists()
+    # stage 6: score_checkpoint_flow on the shipped model, one catalog row
+    assert report["flows"]["catalog_rows"] == 1
+    assert (out / "workspace" / "catalog" / "models.parquet").exists()

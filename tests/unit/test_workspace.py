@@ -1,0 +1,231 @@
+"""The workspace's pure file logic: calibration sets, checkpoint readiness, content hashes,
+exclusive claims (real processes), publish targets, the folder and Hugging Face publishers,
+and that infra/prefect.yaml names deployments whose entry points exist."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import multiprocessing
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from pipelines.publish import PublishError, parse_target
+from pipelines.workspace import (CALIBRATION_SET_DIR, CalibrationSet, Checkpoint, Workspace,
+                                 WorkspaceError, checkpoint_state, content_hash,
+                                 load_calibration_set)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def need(module: str):
+    """Import an optional dependency: skipped locally when missing, a failure under CI."""
+    if os.environ.get("CI", "").lower() == "true":
+        return importlib.import_module(module)
+    return pytest.importorskip(module)
+
+
+def test_shipped_calibration_sets_load_and_have_distinct_keys():
+    sets = {p.stem: load_calibration_set(p.stem) for p in CALIBRATION_SET_DIR.glob("*.yaml")}
+    assert {"gsm8k", "arithmetic"} <= set(sets)
+    assert sets["gsm8k"].prompts == "gsm8k" and sets["arithmetic"].prompts == "arithmetic"
+    assert len({s.key for s in sets.values()}) == len(sets)
+    # the key follows the parameters, not the description
+    base = sets["gsm8k"].to_dict()
+    assert CalibrationSet(**dict(base, description="x")).key == sets["gsm8k"].key
+    assert CalibrationSet(**dict(base, samples=3)).key != sets["gsm8k"].key
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"name": "x", "prompts": "gsm8k", "sample": 2}, "unknown ['sample']"),
+    ({"name": "x"}, "expected a 'prompts' key"),
+    ({"name": "x", "prompts": "gsm8k", "samples": 0}, "samples: expected an integer >= 1, got 0"),
+    ({"name": "bad name", "prompts": "gsm8k"}, "calibration set name"),
+    ({"name": "x", "prompts": "gsm8k", "engine": "spark"}, "engine: expected local, beam or dask"),
+])
+def test_bad_calibration_sets_are_refused_with_what_was_expected(data, message):
+    with pytest.raises(WorkspaceError) as err:
+        load_calibration_set(data)
+    assert message in str(err.value)
+    assert isinstance(err.value, ValueError)
+
+
+def test_unknown_calibration_set_names_the_shipped_ones():
+    with pytest.raises(WorkspaceError) as err:
+        load_calibration_set("nosuchset")
+    assert "'arithmetic'" in str(err.value) and "'gsm8k'" in str(err.value)
+
+
+def _folder(path: Path, files: dict, age: float = 3600) -> Path:
+    path.mkdir(parents=True)
+    for name, data in files.items():
+        (path / name).write_bytes(data)
+    old = time.time() - age
+    for entry in [path, *path.iterdir()]:
+        os.utime(entry, (old, old))
+    return path
+
+
+def test_checkpoint_state_ready_pending_broken(tmp_path):
+    config = {"config.json": b"{}"}
+    index = {"model.safetensors.index.json": json.dumps(
+        {"weight_map": {"a": "m-1.safetensors", "b": "m-2.safetensors"}}).encode()}
+    cases = {
+        "ready": (dict(config, **{"model.safetensors": b"w"}), 3600, "ready"),
+        "sharded": (dict(config, **index, **{"m-1.safetensors": b"w", "m-2.safetensors": b"w"}),
+                    3600, "ready"),
+        "fresh": (dict(config, **{"model.safetensors": b"w"}), 0, "pending"),
+        "tmpfile": (dict(config, **{"model.safetensors.tmp": b"w"}), 3600, "pending"),
+        "missing-shard-recent": (dict(config, **index, **{"m-1.safetensors": b"w"}), 0, "pending"),
+        "missing-shard-old": (dict(config, **index, **{"m-1.safetensors": b"w"}), 3600, "broken"),
+        "no-weights": (config, 3600, "broken"),
+        "no-config": ({"model.safetensors": b"w"}, 3600, "broken"),
+    }
+    for name, (files, age, state) in cases.items():
+        got, why = checkpoint_state(_folder(tmp_path / name, files, age), settle_seconds=60)
+        assert got == state, (name, why)
+    assert "1 missing (['m-2.safetensors'])" in checkpoint_state(
+        tmp_path / "missing-shard-old", 60)[1]
+    assert checkpoint_state(tmp_path / "no-weights", 60)[1].startswith("weights: expected")
+    assert checkpoint_state(tmp_path / "nothing")[0] == "broken"
+
+
+def test_content_hash_follows_files_not_names_or_the_model_card(tmp_path):
+    a = _folder(tmp_path / "a", {"config.json": b"{}", "model.safetensors": b"w1"})
+    b = _folder(tmp_path / "b", {"config.json": b"{}", "model.safetensors": b"w1"})
+    assert content_hash(a) == content_hash(b)
+    (b / "README.md").write_text("---\nmodel-index: []\n---\n")
+    (b / ".nex-downloaded").write_text("x")
+    assert content_hash(a) == content_hash(b)
+    (b / "model.safetensors").write_bytes(b"w2")
+    assert content_hash(a) != content_hash(b)
+
+
+def _claim(args) -> bool:
+    root, key, calset = args
+    return Workspace(root).claim(key, load_calibration_set(calset))
+
+
+def test_claims_are_exclusive_across_processes_and_stale_ones_are_taken_over(tmp_path):
+    calset = {"name": "c", "prompts": "gsm8k"}
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        won = pool.map(_claim, [(str(tmp_path), "ckpt-0123", calset)] * 8)
+    assert sum(won) == 1
+    ws, cal = Workspace(tmp_path), load_calibration_set(calset)
+    assert not ws.claim("ckpt-0123", cal)
+    claim = next((tmp_path / "claims").iterdir())
+    old = time.time() - 100
+    os.utime(claim, (old, old))
+    assert not ws.claim("ckpt-0123", cal, stale_seconds=1000)
+    assert ws.claim("ckpt-0123", cal, stale_seconds=10)  # a crashed run's claim
+    ws.release("ckpt-0123", cal)
+    ws.marker_path("ckpt-0123", cal).parent.mkdir(parents=True)
+    ws.marker_path("ckpt-0123", cal).write_text("{}")
+    assert not ws.claim("ckpt-0123", cal)  # done: nothing to claim
+    assert Checkpoint("my model/1", "/x", "ab" * 32).key == "my-model-1-" + "ab" * 6
+
+
+@pytest.mark.parametrize("target, parsed", [
+    ("mlflow:models:/fam/3", ("mlflow", "models:/fam/3")),
+    ("hf:/models/a", ("huggingface", "/models/a")),
+    ("folder:/out", ("folder", "/out")),
+    ("out/dir", ("folder", "out/dir")),
+])
+def test_publish_targets(target, parsed):
+    assert parse_target(target) == parsed
+
+
+@pytest.mark.parametrize("target", ["mlflow:fam/3", "s3x://bucket"])
+def test_bad_publish_targets(target):
+    with pytest.raises(PublishError):
+        parse_target(target)
+
+
+def _row(nex=0.75, calset="gsm8k", fingerprint="f" * 64):
+    return {"checkpoint": "ck", "checkpoint_key": "ck-1", "checkpoint_hash": "1" * 64,
+            "checkpoint_path": "", "source": "{}", "calibration_set": calset,
+            "calibration_key": f"{calset}-1", "model_id": "ck-1", "nex": nex, "log_gap": 0.6,
+            "n_responses": 4, "n_scored": 4, "n_cycles": 9, "mean_entropy": 1.0,
+            "mean_self_certainty": 2.0, "mean_token_logprob": -1.0,
+            "deepconf_mean_confidence": 3.0, "deepconf_lowest_group_confidence": 3.0,
+            "store": "s", "tables": "t", "tables_fingerprint": fingerprint,
+            "store_fingerprint": "sha256:x", "scored_at": "now"}
+
+
+def test_huggingface_card_keeps_text_and_other_results(tmp_path):
+    need("huggingface_hub")
+    from huggingface_hub import ModelCard
+
+    from pipelines.publish.huggingface import publish_huggingface
+
+    (tmp_path / "README.md").write_text(
+        "---\nlicense: apache-2.0\nmodel-index:\n- name: ck\n  results:\n  - task:\n"
+        "      type: text-generation\n    dataset:\n      name: GSM8K\n      type: gsm8k\n"
+        "    metrics:\n    - type: accuracy\n      value: 0.5\n---\n\n# My model\n\nHand-written text.\n")
+    assert publish_huggingface(_row(), tmp_path) == {"card": 1}
+    assert publish_huggingface(_row(), tmp_path) == {"card": 0}
+    text = (tmp_path / "README.md").read_text()
+    assert "Hand-written text." in text and "license: apache-2.0" in text
+    results = ModelCard.load(tmp_path / "README.md").data.eval_results
+    got = {(r.dataset_type, r.metric_type): r.metric_value for r in results}
+    assert got == {("gsm8k", "accuracy"): 0.5, ("nex/gsm8k", "nex"): 0.75,
+                   ("nex/gsm8k", "nex_log_gap"): 0.6}
+    publish_huggingface(_row(nex=0.8), tmp_path)  # a new score replaces ours only
+    results = ModelCard.load(tmp_path / "README.md").data.eval_results
+    assert sorted(r.metric_value for r in results) == [0.5, 0.6, 0.8]
+
+
+def test_infra_prefect_yaml_names_deployments_whose_entry_points_exist():
+    need("prefect")
+    import yaml
+    from prefect.flows import Flow
+
+    spec = yaml.safe_load((REPO / "infra" / "prefect.yaml").read_text())
+    deployments = spec["deployments"]
+    names = set()
+    for deployment in deployments:
+        path, function = deployment["entrypoint"].split(":")
+        assert (REPO / path).is_file(), path
+        module = importlib.import_module(path[:-3].replace("/", "."))
+        flow = getattr(module, function)
+        assert isinstance(flow, Flow)
+        names.add(f"{flow.name}/{deployment['name']}")
+        assert deployment["work_pool"]["name"] in {p["name"] for p in spec["definitions"]["work_pools"]}
+        signature = set(flow.parameters.properties)
+        assert set(deployment.get("parameters") or {}) <= signature, deployment["name"]
+        load_calibration_set((deployment.get("parameters") or {}).get("calibration_set", "gsm8k"))
+    for deployment in deployments:  # stages sent to other pools name declared deployments
+        for key in ("capture_deployment", "score_deployment"):
+            value = (deployment.get("parameters") or {}).get(key)
+            assert value is None or value in names, value
+    watch = [d for d in deployments if d["entrypoint"].endswith(":watch_checkpoints_flow")]
+    assert watch and all(s.get("cron") for d in watch for s in d["schedules"])
+
+
+def test_stage_errors_name_checkpoint_and_stage_and_tell_transient_causes():
+    from pipelines.workspace import CheckpointError, StageError
+
+    bad = StageError("ck", "capture", CheckpointError("weights: expected a file, got none"))
+    assert str(bad) == "checkpoint ck, stage capture: CheckpointError: weights: expected a file, got none"
+    assert not bad.transient and isinstance(bad, ValueError)
+    assert StageError("ck", "publish", ConnectionError("refused")).transient
+    assert not StageError("ck", "capture", "deployment run ended Failed").transient
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["flows", "run", "WS"], "CHECKPOINT: expected a model folder"),
+    (["flows", "watch", "WS"], "sources: expected --checkpoints DIR or --mlflow-model NAME"),
+    (["flows", "watch", "WS", "extra", "--checkpoints", "D"], "CHECKPOINT: expected none"),
+    (["flows", "serve", "WS", "--checkpoints", "D", "--cron", "* * * * *", "--interval", "5"],
+     "--cron/--interval: expected one of them"),
+    (["flows", "run", "WS", "M", "--calibration-set", "nosuchset"], "calibration set: expected"),
+])
+def test_nex_flows_refuses_bad_arguments_before_starting_prefect(argv, message, capsys):
+    from pipelines.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nex: error: ") and message in err and err.count("\n") == 1
