@@ -299,6 +299,13 @@ class Location:
             raise
         return True
 
+    def create(self, rel: str, data: bytes) -> bool:
+        """Create ``rel`` with ``data`` unless it exists, on either kind of location (local:
+        :func:`create_exclusive`; object stores: :meth:`put_exclusive`)."""
+        if self.is_local:
+            return create_exclusive(self.local / rel, data)
+        return self.put_exclusive(rel, data)
+
     def listdir(self, rel: str) -> list[str]:
         """Names directly under ``rel`` (files and folders); empty when missing."""
         if self.is_local:

@@ -33,7 +33,7 @@ from .encode import EncodedPart, decode_records, encode_part
 from .fs import (LEASE_FILE, Lease, Location, create_exclusive, fault_point, group_node,
                  lease_live, pause_point)
 from .schema import (CONSOLIDATED_MANIFEST, MANIFESTS_DIR, PARQUET_OPTIONS, PARTS_DIR,
-                     SCHEMA_VERSION, STAGING_DIR, STORE_KIND, TOKEN_STATS, StoreError,
+                     SCHEMA_VERSION, STAGING_DIR, STORE_KIND, StoreError,
                      check_part_name, check_storage, chunk_codecs, chunking, compact_metadata,
                      manifest_schema)
 
@@ -203,9 +203,9 @@ class ActivationStore:
             recorded = self.capture_metadata(model_id)
             record_path = self._model_capture_path(model_id)
             if recorded is None:  # a new model in this store: record its parameters first
-                create_exclusive(self.path / MODELS_DIR / "zarr.json", group_node({}))
-                create_exclusive(record_path, group_node({"model_id": model_id,
-                                                          "capture": given["capture"]}))
+                self.loc.create(f"{MODELS_DIR}/zarr.json", group_node({}))
+                self.loc.create(record_path, group_node({"model_id": model_id,
+                                                         "capture": given["capture"]}))
                 recorded = self.capture_metadata(model_id)
             what = f"store {self.path} capture parameters of model {model_id!r}"
         else:
@@ -218,16 +218,17 @@ class ActivationStore:
                                for k in differing[:5])
             raise StoreError(expected(what, "the stored ones",
                                       f"different keys {differing} ({detail})"))
-        if record_path is not None and not record_path.exists():
+        if record_path is not None and not self.loc.exists(record_path):
             # the store's first model (recorded in the root attributes): record it per model too
-            create_exclusive(self.path / MODELS_DIR / "zarr.json", group_node({}))
-            create_exclusive(record_path, group_node({"model_id": model_id, "capture": recorded}))
+            self.loc.create(f"{MODELS_DIR}/zarr.json", group_node({}))
+            self.loc.create(record_path, group_node({"model_id": model_id, "capture": recorded}))
         if explicit_storage and given["storage"] != stored.get("storage"):
             raise StoreError(expected(f"store {self.path} storage options",
                                       stored.get("storage"), given["storage"]))
 
-    def _model_capture_path(self, model_id: str) -> Path:
-        return self.path / MODELS_DIR / model_dir_name(model_id) / "zarr.json"
+    def _model_capture_path(self, model_id: str) -> str:
+        """The per-model record, relative to the store root."""
+        return f"{MODELS_DIR}/{model_dir_name(model_id)}/zarr.json"
 
     def capture_metadata(self, model_id: str | None = None) -> dict | None:
         """The capture parameters recorded for ``model_id`` (None: those given at the store's
@@ -235,7 +236,7 @@ class ActivationStore:
         root = self.metadata.get("capture") or {}
         if model_id is None:
             return root
-        node = read_json(self._model_capture_path(model_id))
+        node = self.loc.read_json(self._model_capture_path(model_id))
         if node is not None and isinstance((node.get("attributes") or {}).get("capture"), dict):
             return node["attributes"]["capture"]
         return root if root.get("model_id") == model_id else None
@@ -247,9 +248,11 @@ class ActivationStore:
         root = self.metadata.get("capture") or {}
         if isinstance(root.get("model_id"), str):
             out[root["model_id"]] = root
-        folder = self.path / MODELS_DIR
-        for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
-            attributes = (read_json(entry / "zarr.json") or {}).get("attributes") or {}
+        for name in self.loc.listdir(MODELS_DIR):
+            if name == "zarr.json":
+                continue
+            attributes = (self.loc.read_json(f"{MODELS_DIR}/{name}/zarr.json") or {}) \
+                .get("attributes") or {}
             if isinstance(attributes.get("model_id"), str) and \
                     isinstance(attributes.get("capture"), dict):
                 out[attributes["model_id"]] = attributes["capture"]
@@ -531,8 +534,6 @@ class ActivationStore:
     # ----------------------------------------------------------------- reading
     def part_summary(self, part: str) -> dict:
         """Counts and extra metadata of a completed part (from its manifest)."""
-        import pyarrow.parquet as pq
-
         if part in self._summaries:
             return json.loads(json.dumps(self._summaries[part]))
         if not self.has_part(part):
