@@ -23,6 +23,8 @@ TARGET_ROWS = 24
 #: Warn when fewer than this fraction of a model's responses can carry credit.
 MIN_CREDITABLE_FRACTION = 0.5
 MIN_CYCLES_FOR_CREDIT = 2
+#: Smallest row size the advice suggests (a novelty slope over one token is all noise).
+MIN_ROW_SIZE = 2
 
 
 def infer_row_size(response_tokens, n_rows) -> int | None:
@@ -85,7 +87,8 @@ def coverage_warning(entry: dict, max_new_tokens: int | None = None) -> str:
             f"Responses have a median of {tokens:.0f} tokens")
     if size:
         text += f" = {entry['median_rows']:.0f} rows of {size} tokens"
-        wanted = max(1, math.floor(tokens / TARGET_ROWS)) if math.isfinite(tokens) else 1
+        wanted = max(MIN_ROW_SIZE, math.floor(tokens / TARGET_ROWS)) if math.isfinite(tokens) \
+            else MIN_ROW_SIZE
         advice = []
         if wanted < size:
             advice.append(f"capture with --row-size {wanted} (about {TARGET_ROWS} rows a response)")
