@@ -11,7 +11,13 @@ from .selectors import ORACLE, RANDOM
 
 
 def _pyplot():
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        from .grading import EvaluationError
+
+        raise EvaluationError("matplotlib: expected installed for the report's plots "
+                              "(pip install 'nex-pipeline[eval]'), got not installed") from None
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
