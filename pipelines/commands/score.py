@@ -18,7 +18,7 @@ from .rows_cache import add_method_options, params_from_args
 def cmd_score(args: argparse.Namespace) -> int:
     from ..cli import CommandError
     from ..engines import run_engine
-    from ..engines.core import ScoreConfig
+    from ..engines.plan import ScoreConfig
 
     if args.weights is not None and args.calibration is not None:
         raise CommandError(f"--weights: expected no --calibration with it (weights are "
@@ -87,7 +87,7 @@ class _PassThroughParser(argparse.ArgumentParser):
 
 def register(subparsers) -> None:
     """Add ``score``: score a store with the local, Beam or Dask engine."""
-    from ..engines.core import DEFAULT_BATCH_ENTRIES
+    from ..engines.plan import DEFAULT_BATCH_ENTRIES
 
     score = subparsers.add_parser(
         "score", help="score a store into Parquet tables (local, Beam or Dask engine)",
