@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "pipelines.commands.publish",
     "pipelines.commands.rank",
     "pipelines.commands.flows",
+    "pipelines.commands.eval",
 ]
 
 

@@ -12,6 +12,8 @@ Stages (each prints what it did and writes into ``--out``):
 6. flows: ``score_checkpoint_flow`` once on the shipped model (a few GSM8K prompts x 2
    samples, Prefect's ephemeral mode: no server to start) into ``OUT/workspace``, then
    the ranked catalog (``nex rank OUT/workspace``).
+7. the evaluation report of its own run (``nex score --phases`` then ``nex eval``):
+   ``OUT/eval-report/report.html`` (and ``report.md``, ``report.json``, plots).
 
 Everything lands in ``OUT/report.json``.
 
@@ -126,6 +128,19 @@ def flows_stage(out: Path, args: argparse.Namespace) -> dict:
     print(format_ranking(rows))
     return {"workspace": str(workspace), "nex": result["nex"], "log_gap": result["log_gap"],
             "catalog_rows": len(rows), "seconds": time.perf_counter() - start}
+def eval_stage(store: Path, out: Path) -> dict:
+    """Score with --phases and write the evaluation report of this run's own capture."""
+    tables = out / "tables-phases"
+    _nex(["score", str(store), "--out", str(tables), "--phases"])
+    report = out / "eval-report"
+    argv = ["eval", str(tables), "--report", str(report)]
+    print(f"$ nex {' '.join(argv)}")
+    _nex(argv)
+    result = json.loads((report / "report.json").read_text())
+    return {"report_dir": str(report), "html": str(report / "report.html"),
+            "accuracy": {m: e["accuracy"] for m, e in result["models"].items()},
+            "warnings": [e["coverage"]["warning"] for e in result["models"].values()
+                         if e["coverage"]["warning"]]}
 
 
 def reference_stage(reference: Path) -> dict:
@@ -224,8 +239,13 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_capture and not args.skip_flows:
         report["flows"] = flows_stage(out, args)
 
+    if not args.skip_capture:
+        report["evaluation"] = evaluation = eval_stage(store, out)
     atomic_write_json(out / "report.json", json.loads(json.dumps(report, default=str)))
     print(f"report written to {out / 'report.json'}")
+    if not args.skip_capture:
+        print(f"evaluation report of this run: {evaluation['html']} "
+              f"(also report.md, report.json, plots/ in {evaluation['report_dir']})")
     return 0
 
 

@@ -61,7 +61,27 @@ def cmd_score(args: argparse.Namespace) -> int:
         print(f"scored {summary['n_traces']} traces of {len(summary['models'])} model(s) "
               f"with {args.engine} ({summary['n_units']} units, "
               f"{summary['timings']['total_s']:.2f} s); tables in {args.out}")
+    _report_coverage(args.out, args.store, quiet=args.json)
     return 0
+
+
+def _report_coverage(tables: str, store: str, quiet: bool) -> None:
+    """Per model, how many responses could carry credit (stdout unless ``quiet``), and a
+    warning (stderr) when too few did for NEX to mean anything
+    (pipelines.evaluation.coverage)."""
+    import sys
+
+    from ..evaluation.coverage import tables_coverage
+
+    for entry in tables_coverage(tables, store):
+        if not quiet:
+            print(f"  {entry['model_id']}: {entry['n_can_carry_credit']} of "
+                  f"{entry['n_responses']} responses can carry credit "
+                  f"({entry['n_skipped_too_few_rows']} skipped with fewer than 3 rows, "
+                  f"{entry['n_fewer_than_2_cycles']} with fewer than 2 E->X cycles); "
+                  f"{entry['n_credited_cycles']} cycles credited")
+        if entry["warning"]:
+            print(f"nex: warning: {entry['warning']}", file=sys.stderr)
 
 
 class _PassThroughParser(argparse.ArgumentParser):

@@ -39,3 +39,7 @@ def test_demo_with_a_real_capture_and_two_engines(tmp_path, reference_dir):
     # stage 6: score_checkpoint_flow on the shipped model, one catalog row
     assert report["flows"]["catalog_rows"] == 1
     assert (out / "workspace" / "catalog" / "models.parquet").exists()
+    evaluation = report["evaluation"]
+    assert (out / "eval-report" / "report.html").is_file()
+    assert evaluation["html"] == str(out / "eval-report" / "report.html")
+    assert list(evaluation["accuracy"]) == ["smollm2-135m"]
