@@ -14,6 +14,7 @@ COMMAND_MODULES = [
     "pipelines.commands.store",
     "pipelines.commands.capture",
     "pipelines.commands.score",
+    "pipelines.commands.eval",
 ]
 
 

@@ -8,7 +8,9 @@ Stages (each prints what it did and writes into ``--out``):
 3. score the store with the local, Beam and Dask engines into ``OUT/tables-<engine>``
    and check that they agree; print the models table;
 4. the published reference example: NEX with the published weights and self-calibrated;
-5. a synthetic corpus with bursts of exploration, with and without the EM extension.
+5. a synthetic corpus with bursts of exploration, with and without the EM extension;
+6. the evaluation report of its own run (``nex score --phases`` then ``nex eval``):
+   ``OUT/eval-report/report.html`` (and ``report.md``, ``report.json``, plots).
 
 Everything lands in ``OUT/report.json``.
 
@@ -88,6 +90,21 @@ def score_stage(store: Path, out: Path, engines: list[str]) -> dict:
     print("engines agree: " + ", ".join(
         f"{e} {tables[e]['seconds']:.1f} s" for e in engines))
     return {e: {k: v for k, v in t.items() if k != "gmf"} for e, t in tables.items()}
+
+
+def eval_stage(store: Path, out: Path) -> dict:
+    """Score with --phases and write the evaluation report of this run's own capture."""
+    tables = out / "tables-phases"
+    _nex(["score", str(store), "--out", str(tables), "--phases"])
+    report = out / "eval-report"
+    argv = ["eval", str(tables), "--report", str(report)]
+    print(f"$ nex {' '.join(argv)}")
+    _nex(argv)
+    result = json.loads((report / "report.json").read_text())
+    return {"report_dir": str(report), "html": str(report / "report.html"),
+            "accuracy": {m: e["accuracy"] for m, e in result["models"].items()},
+            "warnings": [e["coverage"]["warning"] for e in result["models"].values()
+                         if e["coverage"]["warning"]]}
 
 
 def reference_stage(reference: Path) -> dict:
@@ -181,8 +198,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  extension (EM-fitted sticky HMM per trace): NEX {ext['nex']:.5f}, "
           f"{ext['cycles']} cycles, {ext['seconds']:.2f} s")
 
+    if not args.skip_capture:
+        report["evaluation"] = evaluation = eval_stage(store, out)
     atomic_write_json(out / "report.json", json.loads(json.dumps(report, default=str)))
     print(f"report written to {out / 'report.json'}")
+    if not args.skip_capture:
+        print(f"evaluation report of this run: {evaluation['html']} "
+              f"(also report.md, report.json, plots/ in {evaluation['report_dir']})")
     return 0
 
 

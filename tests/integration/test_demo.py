@@ -36,3 +36,7 @@ def test_demo_with_a_real_capture_and_two_engines(tmp_path, reference_dir):
     assert [m["model_id"] for m in models] == ["smollm2-135m"]
     assert models[0]["n_responses"] == 2
     assert (out / "tables-local" / "responses.parquet").exists()
+    evaluation = report["evaluation"]
+    assert (out / "eval-report" / "report.html").is_file()
+    assert evaluation["html"] == str(out / "eval-report" / "report.html")
+    assert list(evaluation["accuracy"]) == ["smollm2-135m"]

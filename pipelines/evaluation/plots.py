@@ -1,0 +1,149 @@
+"""PNG plots of the evaluation (matplotlib, Agg backend), drawn from the result dict of
+:func:`pipelines.evaluation.evaluate.evaluate` only, so every plotted value is a number of
+``report.json``."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from .selectors import ORACLE, RANDOM
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def slug(text: str) -> str:
+    """A file-name-safe version of ``text``."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "model"
+
+
+def plot_best_of_n(model: str, best_of_n: dict, path: Path) -> Path:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, series in best_of_n.items():
+        style = "--" if name in (RANDOM, ORACLE) else "-"
+        ax.plot(series["n"], series["accuracy"], style, marker="o", markersize=3, label=name)
+        ax.fill_between(series["n"], series["ci_low"], series["ci_high"], alpha=0.12)
+    ax.set_xlabel("N (samples per prompt)")
+    ax.set_ylabel("best-of-N accuracy")
+    ax.set_title(f"{model}: best-of-N accuracy per selector (95% bootstrap CI over prompts)",
+                 fontsize=9)
+    ax.legend(fontsize=7, loc="best")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_auroc(model: str, auroc: dict, path: Path) -> Path:
+    plt = _pyplot()
+    names = list(auroc)
+    values = [auroc[n]["auroc"] for n in names]
+    low = [max(0.0, v - auroc[n]["ci_low"]) for n, v in zip(names, values)]
+    high = [max(0.0, auroc[n]["ci_high"] - v) for n, v in zip(names, values)]
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    ax.barh(names, values, xerr=[low, high], color="tab:blue", alpha=0.7)
+    ax.axvline(0.5, color="grey", linestyle="--", linewidth=1)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("AUROC (correct vs incorrect responses), 95% bootstrap CI")
+    ax.set_title(f"{model}: AUROC per score", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_inverted_u(model: str, inverted_u: dict, path: Path) -> Path:
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
+    titles = {"e_row_fraction": "E-row fraction (n_explore_rows / n_kept_rows)",
+              "mean_entropy": "mean token entropy"}
+    for ax, key in zip(axes, ("e_row_fraction", "mean_entropy")):
+        bins = inverted_u.get(key) or []
+        if bins:
+            x = [b["mean_proxy"] for b in bins]
+            y = [b["accuracy"] for b in bins]
+            ax.plot(x, y, marker="o")
+            for b in bins:
+                ax.annotate(f"n={b['count']}", (b["mean_proxy"], b["accuracy"]),
+                            textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "no data", ha="center", transform=ax.transAxes)
+        ax.set_xlabel(titles[key], fontsize=8)
+        ax.set_ylabel("accuracy")
+        ax.set_ylim(-0.05, 1.1)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{model}: accuracy against exploration proxies (quantile bins, counts)",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def cycle_spans(labels: str) -> list[tuple[int, int, int]]:
+    """Cycles of an E/X label string as (E start, X start, X stop) positions: a maximal E
+    run followed by the maximal X run after it (a final E run without X is dropped)."""
+    runs = []
+    start = 0
+    for position in range(1, len(labels) + 1):
+        if position == len(labels) or labels[position] != labels[start]:
+            runs.append((labels[start], start, position))
+            start = position
+    return [(runs[i][1], runs[i + 1][1], runs[i + 1][2]) for i in range(len(runs) - 1)
+            if runs[i][0] == "E" and runs[i + 1][0] == "X"]
+
+
+def plot_phases(model: str, examples: list[dict], path: Path) -> Path:
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(examples), 1, figsize=(8, 2.2 * len(examples)), squeeze=False)
+    for ax, example in zip(axes[:, 0], examples):
+        rows, slopes, labels = example["row"], example["novelty_slope"], example["label"]
+        ax.plot(rows, slopes, color="black", linewidth=1, marker=".", markersize=3)
+        for position, label in enumerate(labels):
+            if label == "E":
+                ax.axvspan(rows[position] - 0.5, rows[position] + 0.5, color="tab:orange",
+                           alpha=0.25, linewidth=0)
+        for e_start, x_start, _ in cycle_spans(labels):
+            ax.axvline(rows[e_start] - 0.5, color="tab:green", linewidth=1.2)
+            ax.axvline(rows[x_start] - 0.5, color="tab:blue", linewidth=0.8, linestyle=":")
+        verdict = {True: "correct", False: "wrong", None: example.get("status", "")}[
+            example["correct"] if example["correct"] in (True, False) else None]
+        ax.set_title(f"{example['trace_id']}: {example['n_cycles']} cycles "
+                     f"({example['n_effective_cycles']} effective, "
+                     f"{example['n_redundant_cycles']} redundant), GMF {example['gmf']:.3f}, "
+                     f"{verdict}", fontsize=8)
+        ax.set_ylabel("novelty slope", fontsize=7)
+    axes[-1, 0].set_xlabel("row (E rows shaded; green line: a cycle starts; "
+                           "dotted: its X run starts)", fontsize=8)
+    fig.suptitle(f"{model}: E/X phases of example responses", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_across_models(across: dict, path: Path) -> Path:
+    plt = _pyplot()
+    scores = across["scores"]
+    fig, axes = plt.subplots(1, len(scores), figsize=(3.2 * len(scores), 3.2), squeeze=False)
+    for ax, (name, entry) in zip(axes[0], scores.items()):
+        ax.scatter(entry["values"], across["accuracy"])
+        for x, y, label in zip(entry["values"], across["accuracy"], across["models"]):
+            ax.annotate(label, (x, y), fontsize=6)
+        ax.set_xlabel(f"{name} (model level)", fontsize=7)
+        ax.set_title(f"Spearman {entry['spearman']:.2f}, Kendall {entry['kendall']:.2f}",
+                     fontsize=7)
+    axes[0, 0].set_ylabel("accuracy")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
