@@ -15,6 +15,10 @@ COMMAND_MODULES = [
     "pipelines.commands.capture",
     "pipelines.commands.score",
     "pipelines.commands.eval",
+    "pipelines.commands.testbed",
+    "pipelines.commands.merge",
+    "pipelines.commands.transfer",
+    "pipelines.commands.annotate",
 ]
 
 

@@ -67,10 +67,10 @@ PRESETS = {
         n_heldout=8, samples=2, n_transfer_prompts=16, transfer_size=24,
         transfer_seed_draws=2),
     "results": Preset(
-        name="results", hidden_size=128, intermediate_size=512, num_layers=3, num_heads=4,
-        num_kv_heads=2, head_dim=32, max_positions=1024, steps=1200, batch_size=16,
-        learning_rate=3e-3, warmup_steps=50, checkpoints=(0, 100, 200, 350, 550, 800, 1200),
-        n_heldout=24, samples=4, n_transfer_prompts=64, transfer_size=48,
+        name="results", hidden_size=128, intermediate_size=384, num_layers=3, num_heads=4,
+        num_kv_heads=2, head_dim=32, max_positions=1024, steps=700, batch_size=16,
+        learning_rate=3e-3, warmup_steps=40, checkpoints=(0, 75, 150, 250, 400, 550, 700),
+        n_heldout=16, samples=4, n_transfer_prompts=48, transfer_size=48,
         transfer_seed_draws=4),
 }
 

@@ -138,9 +138,10 @@ def generate_problems(seed: int, n: int, prefix: str = "p", min_steps: int = 2,
 
 
 def extract_answer(text: str) -> int | None:
-    """The integer after the first ``####`` of a response, or None when there is none."""
-    match = ANSWER_RE.search(text)
-    return int(match.group(1)) if match else None
+    """The integer after the last ``####`` of a response (as ``nex eval --grader hash``
+    reads it), or None when there is none."""
+    found = ANSWER_RE.findall(text)
+    return int(found[-1]) if found else None
 
 
 def is_correct(text: str, answer: int | str) -> bool:
