@@ -19,9 +19,24 @@ def _log(message: str) -> None:
 
 
 def _preset(args: argparse.Namespace):
+    from ..cli import CommandError
     from ..testbed.presets import get_preset
 
-    return get_preset(args.preset, steps=getattr(args, "steps", None))
+    preset = get_preset(args.preset, steps=getattr(args, "steps", None))
+    given = getattr(args, "checkpoints", None)
+    if given:
+        try:
+            steps = tuple(sorted({int(s) for s in given.split(",") if s.strip()}))
+        except ValueError:
+            raise CommandError(f"--checkpoints: expected comma-separated steps, got {given!r}") \
+                from None
+        if not set(steps) <= set(preset.checkpoints) or len([s for s in steps if s]) < 2:
+            raise CommandError(f"--checkpoints: expected at least 2 trained steps of the preset's "
+                               f"{list(preset.checkpoints)}, got {given!r}")
+        from dataclasses import replace
+
+        preset = replace(preset, checkpoints=steps)
+    return preset
 
 
 def _threads(args: argparse.Namespace) -> int | None:
@@ -99,9 +114,12 @@ def register(subparsers) -> None:
     run = sub.add_parser("run", help="train, merge, capture, score, eval and transfer")
     run.add_argument("--preset", default="ci", help="ci or results (default ci)")
     run.add_argument("--out", required=True, help="output folder (resumable)")
-    run.add_argument("--stages", default="train,merge,capture,score,eval,transfer",
+    run.add_argument("--stages", default="train,merge,capture,score,eval,transfer,annotate",
                      help="comma-separated stages to run (default all)")
     run.add_argument("--threads", type=int, default=None, help="torch threads")
+    run.add_argument("--checkpoints", default=None,
+                     help="use only these saved steps of the preset (e.g. when its training "
+                          "was stopped early); the family is built from them")
     run.add_argument("--bootstrap", type=int, default=1000,
                      help="bootstrap resamples for eval and transfer (default 1000)")
     run.set_defaults(func=cmd_run)

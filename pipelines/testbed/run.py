@@ -11,6 +11,9 @@
                                    own weights: the paper's per-model calibration)
     DIR/report/                    the `nex eval` report (report.json, .md, .html, plots)
     DIR/transfer/                  `nex transfer` result (transfer.json, transfer.md)
+    DIR/annotations.json           agreement of the shipped E/X annotations with the HMM
+                                   labels (the annotated solutions teacher-forced into the
+                                   donor checkpoint)
     DIR/testbed.json               what ran, with times per stage and the family table
 
 Every stage goes through the same code as its CLI command (``nex capture``, ``nex
@@ -27,7 +30,9 @@ from pathlib import Path
 from .presets import Preset
 from .train import checkpoint_name, heldout_problems, train, training_problems, write_prompts
 
-STAGES = ("train", "merge", "capture", "score", "eval", "transfer")
+STAGES = ("train", "merge", "capture", "score", "eval", "transfer", "annotate")
+#: The shipped hand-labelled testbed solutions (see docs/testbed.md).
+DATA = Path(__file__).resolve().parent / "data"
 
 
 def family_spec(preset: Preset) -> dict:
@@ -153,9 +158,28 @@ def run_testbed(preset: Preset, out: str | Path, *, threads: int | None = None,
               "--k", str(preset.transfer_size), "--draws", str(preset.transfer_seed_draws),
               "--max-new-tokens", str(preset.max_new_tokens), "--bootstrap", str(bootstrap)])
         timings["transfer"] = time.perf_counter() - t0
+    if "annotate" in stages:
+        t0 = stage("annotate")
+        donor, _ = transfer_roles(preset)
+        annotated = f"annotated-{donor}"
+        _cli(["capture", "--model", str(models[donor]), "--model-id", annotated,
+              "--prompts", str(DATA / "annotated-prompts.jsonl"),
+              "--responses", str(DATA / "annotations.jsonl"), "--out", str(out / "stores" / annotated),
+              "--row-size", str(preset.row_size), "--top-k-neurons", str(preset.top_k_neurons),
+              "--batch-size", str(preset.capture_batch_size), "--no-progress"])
+        _cli(["score", str(out / "stores" / annotated), "--out", str(out / "tables" / annotated),
+              "--phases"])
+        _cli(["annotate", "agree", str(DATA / "annotations.jsonl"), "--tables",
+              str(out / "tables" / annotated), "--out", str(out / "annotations.json")])
+        timings["annotate"] = time.perf_counter() - t0
     summary["models"] = {name: str(path.relative_to(out)) for name, path in models.items()}
     summary["family"] = family_table(out)
     summary_path.write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    if (out / "report" / "report.json").is_file() and \
+            all((out / "tables" / m / "run.json").is_file() for m in models):
+        from .report import write_summary
+
+        write_summary(out, list(models), timings)
     return summary
 
 
