@@ -27,6 +27,7 @@ import json
 import time
 from pathlib import Path
 
+from ..tables import read_table
 from .presets import Preset
 from .train import checkpoint_name, heldout_problems, train, training_problems, write_prompts
 
@@ -152,11 +153,22 @@ def run_testbed(preset: Preset, out: str | Path, *, threads: int | None = None,
     if "transfer" in stages:
         t0 = stage("transfer")
         donor, recipient = transfer_roles(preset)
-        _cli(["transfer", "--donor", str(models[donor]), "--recipient", str(models[recipient]),
-              "--tables", str(out / "tables" / donor), "--donor-model-id", donor,
-              "--prompts", str(out / "transfer-prompts.jsonl"), "--out", str(out / "transfer"),
-              "--k", str(preset.transfer_size), "--draws", str(preset.transfer_seed_draws),
-              "--max-new-tokens", str(preset.max_new_tokens), "--bootstrap", str(bootstrap)])
+        neurons = read_table(str(out / "tables" / donor), "neurons").to_pydict()
+        positive = sum(1 for w in neurons["weight"] if w > 0)
+        negative = sum(1 for w in neurons["weight"] if w < 0)
+        if positive and negative:
+            _cli(["transfer", "--donor", str(models[donor]), "--recipient",
+                  str(models[recipient]), "--tables", str(out / "tables" / donor),
+                  "--donor-model-id", donor, "--prompts", str(out / "transfer-prompts.jsonl"),
+                  "--out", str(out / "transfer"), "--k", str(preset.transfer_size),
+                  "--draws", str(preset.transfer_seed_draws),
+                  "--max-new-tokens", str(preset.max_new_tokens), "--bootstrap", str(bootstrap)])
+            summary.pop("transfer_skipped", None)
+        else:  # nothing to transfer: say so instead of failing the whole run
+            summary["transfer_skipped"] = (
+                f"the donor {donor} has {positive} positive and {negative} negative neuron "
+                "weights; the transfer needs both")
+            log(f"nex: warning: transfer skipped: {summary['transfer_skipped']}")
         timings["transfer"] = time.perf_counter() - t0
     if "annotate" in stages:
         t0 = stage("annotate")

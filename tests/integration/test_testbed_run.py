@@ -100,6 +100,8 @@ def test_testbed_summary_numbers(run):
 
 
 def test_transfer_numbers_recomputed(run):
+    skipped = json.loads((run / "testbed.json").read_text()).get("transfer_skipped")
+    assert skipped is None, skipped
     result = json.loads((run / "transfer" / "transfer.json").read_text())
     neurons = read_table(str(run / "tables" / result["donor_model_id"]), "neurons").to_pydict()
     weight = np.array(neurons["weight"], dtype=float)
