@@ -42,8 +42,8 @@ class Preset:
     # capture
     samples: int = 2
     max_new_tokens: int = 640
-    row_size: int = 16
-    top_k_neurons: int = 200
+    row_size: int = 4
+    top_k_neurons: int = 100
     temperature: float = 0.8
     capture_batch_size: int = 16
     # transfer

@@ -20,6 +20,10 @@ from .problems import Problem, generate_problems, prompt_records
 from .tokenizer import EOS_ID, PAD_ID, build_tokenizer, format_prompt
 
 CARD_NAME = "testbed.json"
+#: Preset fields that determine the trained weights (capture and transfer fields do not).
+TRAINING_FIELDS = ("hidden_size", "intermediate_size", "num_layers", "num_heads",
+                   "num_kv_heads", "head_dim", "max_positions", "steps", "batch_size",
+                   "learning_rate", "warmup_steps", "train_seed", "min_steps", "max_steps")
 
 
 def model_config(preset: Preset, vocab_size: int):
@@ -104,6 +108,24 @@ class TrainSummary:
     tokens: int = 0
 
 
+def _finished(preset: Preset, out: Path) -> TrainSummary | None:
+    """The summary of a completed training of ``preset`` in ``out`` (every checkpoint
+    saved and ``train.json`` written with the same training fields), else None."""
+    record = out / "train.json"
+    if not record.is_file():
+        return None
+    data = json.loads(record.read_text())
+    stored, wanted = data.get("preset", {}), preset.to_dict()
+    if any(stored.get(k) != wanted[k] for k in TRAINING_FIELDS):
+        return None
+    paths = {step: out / "checkpoints" / checkpoint_name(step) for step in preset.checkpoints}
+    if not all((path / CARD_NAME).is_file() for path in paths.values()):
+        return None
+    return TrainSummary(checkpoints={s: str(p) for s, p in paths.items()},
+                        losses=list(data["losses"]), seconds=float(data["seconds"]),
+                        n_parameters=int(data["n_parameters"]), tokens=int(data["tokens"]))
+
+
 def checkpoint_name(step: int) -> str:
     return f"step-{step:06d}"
 
@@ -112,9 +134,10 @@ def train(preset: Preset, out: str | Path, threads: int | None = None,
           log=None) -> TrainSummary:
     """Train ``preset`` and save its checkpoints under ``out/checkpoints/step-NNNNNN``.
 
-    Checkpoints already saved (a folder with a card) are kept; a rerun after a crash
-    retrains from the start (deterministic, so it reproduces them) and skips saving
-    those. Returns the summary (also written to ``out/train.json``).
+    A finished training of the same preset (``out/train.json`` and every checkpoint) is
+    not repeated. Checkpoints already saved (a folder with a card) are kept; a rerun
+    after a crash retrains from the start (deterministic, so it reproduces them) and
+    skips saving those. Returns the summary (also written to ``out/train.json``).
     """
     import torch
     from transformers import Qwen3ForCausalLM
@@ -122,6 +145,9 @@ def train(preset: Preset, out: str | Path, threads: int | None = None,
     if threads:
         torch.set_num_threads(threads)
     out = Path(out)
+    done = _finished(preset, out)
+    if done is not None:
+        return done
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     tokenizer = build_tokenizer()
