@@ -62,9 +62,9 @@ class Preset:
 PRESETS = {
     "ci": Preset(
         name="ci", hidden_size=128, intermediate_size=256, num_layers=2, num_heads=4,
-        num_kv_heads=2, head_dim=32, max_positions=1024, steps=240, batch_size=16,
-        learning_rate=3e-3, warmup_steps=20, checkpoints=(0, 60, 120, 180, 240),
-        n_heldout=8, samples=2, n_transfer_prompts=16, transfer_size=24,
+        num_kv_heads=2, head_dim=32, max_positions=1024, steps=120, batch_size=16,
+        learning_rate=3e-3, warmup_steps=15, checkpoints=(0, 30, 60, 90, 120),
+        n_heldout=6, samples=2, max_new_tokens=400, n_transfer_prompts=8, transfer_size=24,
         transfer_seed_draws=2),
     "results": Preset(
         name="results", hidden_size=128, intermediate_size=384, num_layers=3, num_heads=4,
