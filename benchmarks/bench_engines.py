@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO))
 
 from pipelines import tables  # noqa: E402
 from pipelines.engines import run_engine  # noqa: E402
-from pipelines.engines.core import DEFAULT_BATCH_ENTRIES, ScoreConfig, plan_run  # noqa: E402
+from pipelines.engines.plan import DEFAULT_BATCH_ENTRIES, ScoreConfig, plan_run  # noqa: E402
 from pipelines.engines.local import compute  # noqa: E402
 from pipelines.engines.synthetic import synthetic_store  # noqa: E402
 

@@ -32,26 +32,32 @@ __all__ = [
     "WeightsError", "accumulate", "analyse", "check_weights", "concat_corpora",
     "cycle_credit", "good_mass_fraction", "kept_rows", "learn_weights", "log_gap",
     "nex_score", "novelty", "robust_z", "score_corpus", "segment", "trace_batches",
+    "DEFAULT_BATCH_ENTRIES",
 ]
 
-#: Entries analysed together by default: bounds memory and keeps every temporary array
-#: small enough to be recycled by the allocator (any split gives the same totals).
+#: Row entries analysed together by default, by the core and by every engine's work
+#: unit: bounds memory and keeps every temporary array small enough to be recycled by the
+#: allocator (any split gives the same totals).
 DEFAULT_BATCH_ENTRIES = 1 << 20
 
 
-def trace_batches(corpus: RowCorpus, batch_entries: int = DEFAULT_BATCH_ENTRIES):
+def trace_batches(trace_entries, batch_entries: int = DEFAULT_BATCH_ENTRIES) -> list:
     """Consecutive ``(start, stop)`` trace ranges holding about ``batch_entries`` entries.
 
-    A batch always holds at least one trace.
+    ``trace_entries`` holds the row entries of each trace. A batch never splits a trace
+    and always holds at least one; batches cover ``[0, len(trace_entries))`` in order.
+    The one batching rule of the project: the core's :func:`accumulate` and the engines'
+    work units both use it.
     """
-    trace_entries = corpus.row_entry_ptr[corpus.trace_row_ptr]
-    start = 0
-    while start < corpus.n_traces:
-        limit = trace_entries[start] + batch_entries
-        stop = int(np.searchsorted(trace_entries, limit, side="right")) - 1
-        stop = min(max(stop, start + 1), corpus.n_traces)
-        yield start, stop
+    entries = np.asarray(trace_entries, np.int64)
+    bounds = np.concatenate([[0], np.cumsum(entries)])
+    out, start = [], 0
+    while start < entries.size:
+        stop = int(np.searchsorted(bounds, bounds[start] + batch_entries, side="right")) - 1
+        stop = min(max(stop, start + 1), entries.size)
+        out.append((start, stop))
         start = stop
+    return out
 
 
 def accumulate(corpus: RowCorpus, params: NexParams | None = None,
@@ -63,7 +69,8 @@ def accumulate(corpus: RowCorpus, params: NexParams | None = None,
         keys = keys[keys < KEY_SPACE]
     key_index = KeyIndex.build(keys)
     parts = []
-    for start, stop in trace_batches(corpus, batch_entries):
+    per_trace = np.diff(corpus.row_entry_ptr[corpus.trace_row_ptr])
+    for start, stop in trace_batches(per_trace, batch_entries):
         part = corpus.slice_traces(start, stop)
         parts.append(CreditAccumulator.empty().add(part, params, key_index))
     return CreditAccumulator.merge_all(parts)

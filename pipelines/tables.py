@@ -16,6 +16,7 @@ sees a half-written table and a failed run leaves the previous output untouched.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import sys
@@ -27,16 +28,15 @@ from pathlib import Path
 
 import numpy as np
 
-from nex_transforms import NexError
-from nex_transforms.params import KEY_SPACE
+from nex_transforms import NexError, log_gap
+from nex_transforms.baselines import BASELINES
+from nex_transforms.params import KEY_SPACE, UNIT_BITS
 
 #: Version of the table layout below (recorded in run.json and Parquet metadata).
 TABLES_SCHEMA_VERSION = 1
 RUN_JSON = "run.json"
 TABLE_NAMES = ("responses", "models", "neurons", "phases")
 PARQUET_COMPRESSION = "zstd"
-_BASELINE_FIELDS = ("mean_entropy", "mean_self_certainty", "mean_token_logprob",
-                    "deepconf_mean_confidence", "deepconf_lowest_group_confidence")
 
 
 class TablesError(NexError):
@@ -46,7 +46,7 @@ class TablesError(NexError):
 def _schemas() -> dict:
     import pyarrow as pa
 
-    baselines = [pa.field(n, pa.float64()) for n in _BASELINE_FIELDS]
+    baselines = [pa.field(n, pa.float64()) for n in BASELINES]
     return {
         "responses": pa.schema([
             pa.field("trace_id", pa.string(), nullable=False),
@@ -185,6 +185,96 @@ def weights_from_neurons(tables: str | os.PathLike, calibration_key: str) -> np.
     return weights
 
 
+# --------------------------------------------------------------------------- columns
+def model_columns(tallies: dict, weights: dict, config) -> dict:
+    """Columns of the models table (one row per model id, sorted).
+
+    ``tallies``: model id -> :class:`~pipelines.engines.tally.ModelTally`; ``weights``:
+    calibration key -> :class:`~pipelines.engines.weights.SparseWeights`; ``config``: the
+    run's :class:`~pipelines.engines.plan.ScoreConfig`."""
+    names = sorted(tallies)
+    cols: dict[str, list] = {k: [] for k in (
+        "model_id", "calibration", "calibration_key", "nex", "log_gap", "n_responses",
+        "n_scored", "n_skipped", "n_cycles", "n_effective_cycles", "n_redundant_cycles",
+        *BASELINES, "n_nonzero_weights", "n_positive_weights", "n_negative_weights")}
+    for model in names:
+        tally = tallies[model]
+        key = config.key_of(model)
+        w = weights[key]
+        nex = tally.nex
+        cols["model_id"].append(model)
+        cols["calibration"].append(config.calibration)
+        cols["calibration_key"].append(key)
+        cols["nex"].append(nex)
+        cols["log_gap"].append(log_gap(nex) if math.isfinite(nex) else float("nan"))
+        for name in ("n_responses", "n_scored", "n_skipped", "n_cycles",
+                     "n_effective_cycles", "n_redundant_cycles"):
+            cols[name].append(getattr(tally, name))
+        for name, value in tally.baseline_means().items():
+            cols[name].append(value)
+        cols["n_nonzero_weights"].append(w.n_nonzero)
+        cols["n_positive_weights"].append(w.n_positive)
+        cols["n_negative_weights"].append(w.n_negative)
+    return cols
+
+
+def neuron_columns(key: str, weights, credit) -> dict:
+    """Columns of the neurons table for one calibration key: every credited key (or,
+    for given weights, every non-zero weight, with NaN credit)."""
+    if credit is not None:
+        keys, eff, red = credit.keys, credit.effective, credit.redundant
+        values = weights.values
+    else:
+        keys, values = weights.keys, weights.values
+        eff = red = np.full(keys.size, np.nan)
+    keys = np.asarray(keys, np.uint32)
+    return {"model_id": [key] * keys.size, "key": keys,
+            "layer": (keys >> UNIT_BITS).astype(np.int32),
+            "unit": (keys & ((1 << UNIT_BITS) - 1)).astype(np.int32),
+            "eff": np.asarray(eff, np.float64), "red": np.asarray(red, np.float64),
+            "weight": np.asarray(values, np.float32)}
+
+
+def concat_columns(parts: list[dict]) -> dict:
+    """Concatenate column dicts with the same names (lists and arrays)."""
+    if not parts:
+        return {}
+    out = {}
+    for name in parts[0]:
+        values = [p[name] for p in parts]
+        if isinstance(values[0], np.ndarray):
+            out[name] = np.concatenate(values)
+        else:
+            out[name] = [v for chunk in values for v in chunk]
+    return out
+
+
+def phase_columns(trace_ids, model_ids, parts: list) -> dict:
+    """Columns of the phases table for a batch of traces, one row per kept row in trace
+    order: trace_id, model_id, row, novelty_slope, z, label (``E``/``X``).
+
+    ``parts`` holds ``(trace, row, slope, z, explore)`` arrays (trace positions in
+    ``trace_ids``), one tuple per calibration key analysed."""
+    if parts:
+        trace = np.concatenate([p[0] for p in parts])
+        row = np.concatenate([p[1] for p in parts])
+        order = np.lexsort((row, trace))
+        trace, row = trace[order], row[order]
+        slope = np.concatenate([p[2] for p in parts])[order]
+        z = np.concatenate([p[3] for p in parts])[order]
+        explore = np.concatenate([p[4] for p in parts])[order]
+    else:
+        trace = row = np.zeros(0, np.int64)
+        slope = z = np.zeros(0)
+        explore = np.zeros(0, bool)
+    ids = np.asarray(trace_ids, dtype=object)
+    models = np.asarray(model_ids, dtype=object)
+    return {"trace_id": ids[trace].tolist(), "model_id": models[trace].tolist(),
+            "row": row.astype(np.int64), "novelty_slope": slope.astype(np.float64),
+            "z": z.astype(np.float64),
+            "label": np.where(explore, "E", "X").tolist()}
+
+
 # --------------------------------------------------------------------------- atomic output
 def _is_previous_output(path: Path) -> bool:
     return (path / RUN_JSON).is_file()
@@ -273,6 +363,7 @@ def write_run_json(staging: Path, plan, engine: str, engine_info: dict, timings:
     return summary
 
 
-__all__ = ["RUN_JSON", "TABLES_SCHEMA_VERSION", "TABLE_NAMES", "TablesError", "read_run",
+__all__ = ["BASELINES", "RUN_JSON", "TABLES_SCHEMA_VERSION", "TABLE_NAMES", "TablesError",
+           "concat_columns", "model_columns", "neuron_columns", "phase_columns", "read_run",
            "read_table", "schema", "staged_output", "table_path", "to_table",
            "weights_from_neurons", "write_run_json", "write_table"]

@@ -18,7 +18,7 @@ from .rows_cache import add_method_options, params_from_args
 def cmd_score(args: argparse.Namespace) -> int:
     from ..cli import CommandError
     from ..engines import run_engine
-    from ..engines.core import ScoreConfig
+    from ..engines.plan import ScoreConfig
 
     if args.weights is not None and args.calibration is not None:
         raise CommandError(f"--weights: expected no --calibration with it (weights are "
@@ -47,7 +47,27 @@ def cmd_score(args: argparse.Namespace) -> int:
         print(f"scored {summary['n_traces']} traces of {len(summary['models'])} model(s) "
               f"with {args.engine} ({summary['n_units']} units, "
               f"{summary['timings']['total_s']:.2f} s); tables in {args.out}")
+    _report_coverage(args.out, args.store, quiet=args.json)
     return 0
+
+
+def _report_coverage(tables: str, store: str, quiet: bool) -> None:
+    """Per model, how many responses could carry credit (stdout unless ``quiet``), and a
+    warning (stderr) when too few did for NEX to mean anything
+    (pipelines.evaluation.coverage)."""
+    import sys
+
+    from ..evaluation.coverage import tables_coverage
+
+    for entry in tables_coverage(tables, store):
+        if not quiet:
+            print(f"  {entry['model_id']}: {entry['n_can_carry_credit']} of "
+                  f"{entry['n_responses']} responses can carry credit "
+                  f"({entry['n_skipped_too_few_rows']} skipped with fewer than 3 rows, "
+                  f"{entry['n_fewer_than_2_cycles']} with fewer than 2 E->X cycles); "
+                  f"{entry['n_credited_cycles']} cycles credited")
+        if entry["warning"]:
+            print(f"nex: warning: {entry['warning']}", file=sys.stderr)
 
 
 class _PassThroughParser(argparse.ArgumentParser):
@@ -67,7 +87,7 @@ class _PassThroughParser(argparse.ArgumentParser):
 
 def register(subparsers) -> None:
     """Add ``score``: score a store with the local, Beam or Dask engine."""
-    from ..engines.core import DEFAULT_BATCH_ENTRIES
+    from ..engines.plan import DEFAULT_BATCH_ENTRIES
 
     score = subparsers.add_parser(
         "score", help="score a store into Parquet tables (local, Beam or Dask engine)",

@@ -1,6 +1,8 @@
 """Engines that run NEX scoring over an activation store: local, Beam and Dask.
 
-All engines share one engine-independent core (:mod:`pipelines.engines.core`): a store
+All engines share one engine-independent core (planning in :mod:`.plan`, the per-unit
+steps in :mod:`.analysis`, weights in :mod:`.weights`, model sums in :mod:`.tally`, the
+checked reader in :mod:`pipelines.store.reader`, columns in :mod:`pipelines.tables`): a store
 is split into *work units* (batches of consecutive traces of one part); each unit is
 analysed into per-calibration-key :class:`~nex_transforms.CreditAccumulator` values and
 per-trace statistics, accumulators are merged into weights, and each unit is then scored
@@ -11,7 +13,7 @@ merged. Adapters are siblings that never import each other; the heavy engine lib
 Typical use (what ``nex score`` does)::
 
     from pipelines.engines import run_engine
-    from pipelines.engines.core import ScoreConfig
+    from pipelines.engines.plan import ScoreConfig
     summary = run_engine("local", ScoreConfig(store="acts.zarr"), out="tables")
 """
 
@@ -21,7 +23,7 @@ import importlib
 import time
 from pathlib import Path
 
-from .core import EngineError, ScoreConfig, plan_run
+from .plan import EngineError, ScoreConfig, plan_run
 
 #: Engine names and the adapter module implementing each.
 ENGINES = {

@@ -44,9 +44,11 @@ finally:
 from nex_transforms import CreditAccumulator, NexError
 
 from .. import tables
-from .core import (GLOBAL_KEY, BatchReadError, EngineError, ModelTally, RunPlan, ScoreConfig,
-                   SparseWeights, analyse_unit, finalize_weights, merge_tallies,
-                   model_columns, neuron_columns, open_store, score_unit, tally_responses)
+from ..store.reader import BatchReadError
+from .analysis import analyse_unit, score_unit
+from .plan import GLOBAL_KEY, EngineError, RunPlan, ScoreConfig, open_store
+from .tally import ModelTally, merge_tallies, tally_responses
+from .weights import SparseWeights, finalize_weights
 
 ERRORS_DIR = "_errors"
 #: Weights of a calibration key that gathered no credit at all (its GMFs are 0).
@@ -167,13 +169,13 @@ def _weights_entry(item, params):
 
 def _neurons_table(item, weights):
     key, acc = item
-    return tables.to_table("neurons", neuron_columns(key, weights[key], acc))
+    return tables.to_table("neurons", tables.neuron_columns(key, weights[key], acc))
 
 
 def _models_table(tallies, weights, config: ScoreConfig, keys: list[str]):
     full = {key: weights.get(key, _EMPTY) for key in keys}
     merged = merge_tallies([{model: tally} for model, tally in tallies])
-    return tables.to_table("models", model_columns(merged, full, config))
+    return tables.to_table("models", tables.model_columns(merged, full, config))
 
 
 def _sink(pcoll, staging: Path, name: str, num_shards: int = 0):
@@ -208,7 +210,7 @@ def build(pipeline, plan: RunPlan, staging: Path) -> None:
     if plan.fixed_weights is not None:
         weights = pipeline | "Given weights" >> beam.Create([(GLOBAL_KEY, plan.fixed_weights)])
         neurons = weights | "Neurons" >> beam.Map(
-            lambda kv: tables.to_table("neurons", neuron_columns(kv[0], kv[1], None)))
+            lambda kv: tables.to_table("neurons", tables.neuron_columns(kv[0], kv[1], None)))
     else:
         credit = analysed.credit | "Merge credit" >> beam.CombinePerKey(CreditCombineFn())
         weights = credit | "Weights" >> beam.Map(_weights_entry, config.params)

@@ -20,8 +20,9 @@ from pathlib import Path
 import dask
 from distributed import Client, LocalCluster, wait
 
-from .core import (GLOBAL_KEY, EngineError, RunPlan, ScoreConfig, analyse_unit, calibration_keys,
-                   merge_credit, open_store, score_unit, weights_for_keys, write_results)
+from .analysis import analyse_unit, merge_credit, score_unit, write_results
+from .plan import GLOBAL_KEY, EngineError, RunPlan, ScoreConfig, calibration_keys, open_store
+from .weights import weights_for_keys
 
 #: Inputs merged by one task of the credit tree reduction.
 FAN_IN = 8

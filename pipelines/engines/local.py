@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .core import (RunPlan, analyse_unit, merge_credit, open_store, plan_weights, score_unit,
-                   write_results)
+from .analysis import analyse_unit, merge_credit, plan_weights, score_unit, write_results
+from .plan import EngineError, RunPlan, open_store
 
 
 def compute(plan: RunPlan):
@@ -26,8 +26,6 @@ def compute(plan: RunPlan):
 def run(plan: RunPlan, staging: Path, options: dict) -> dict:
     """Score the plan in-process and write the tables into ``staging``."""
     if options:
-        from .core import EngineError
-
         raise EngineError(f"local engine options: expected none, got {sorted(options)}")
     credit, weights, responses, phases = compute(plan)
     counts = write_results(staging, plan, responses, credit, weights, phases)

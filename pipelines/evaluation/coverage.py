@@ -98,3 +98,29 @@ def coverage_warning(entry: dict, max_new_tokens: int | None = None) -> str:
                           f"prompts that ask for step-by-step work)")
         text += "; " + " or ".join(advice) if advice else ""
     return text + "."
+
+
+def capture_budget(store_path) -> tuple[int | None, int | None]:
+    """``(row_size, max_new_tokens)`` recorded in a store's capture metadata (None where
+    unknown, e.g. an imported row cache or an unreadable store)."""
+    try:
+        from ..store import ActivationStore
+
+        capture = ActivationStore.open(store_path).metadata.get("capture") or {}
+    except Exception:  # noqa: BLE001 - the advice falls back to inferred values
+        return None, None
+    generation = capture.get("generation") if isinstance(capture.get("generation"), dict) else {}
+    return capture.get("row_size"), generation.get("max_new_tokens")
+
+
+def tables_coverage(tables, store_path=None) -> list[dict]:
+    """:func:`model_coverage` of a tables folder's responses (the store of its run.json,
+    or ``store_path``, gives the capture's row size and token budget)."""
+    from ..tables import read_run, read_table
+
+    columns = read_table(tables, "responses").select(
+        ["model_id", "n_rows", "n_kept_rows", "n_cycles", "n_effective_cycles",
+         "n_redundant_cycles", "response_tokens"]).to_pydict()
+    store_path = store_path or (read_run(tables).get("store") or {}).get("path")
+    row_size, budget = capture_budget(store_path) if store_path else (None, None)
+    return model_coverage(columns, row_size, budget)

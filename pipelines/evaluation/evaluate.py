@@ -17,7 +17,7 @@ from nex_transforms.errors import expected
 
 from ..tables import read_run, read_table, table_path
 from . import statistics as st
-from .coverage import model_coverage
+from .coverage import capture_budget, model_coverage
 from .grading import EvaluationError, Grader
 from .labels import grade_traces, read_labels, store_traces
 from .selectors import MAJORITY_VOTE, NEX_VOTE, ORACLE, RANDOM, SCORE_SELECTORS
@@ -49,17 +49,6 @@ def _store_of(tables: Path, store: str | None) -> str | None:
     except Exception:  # noqa: BLE001 - run.json unreadable is reported by read_table below
         return None
     return path if path and Path(path).exists() else None
-
-
-def _capture_metadata(store_path: str | None) -> dict:
-    if not store_path:
-        return {}
-    try:
-        from ..store import ActivationStore
-
-        return dict(ActivationStore.open(store_path).metadata.get("capture", {}))
-    except Exception:  # noqa: BLE001 - metadata is advisory here
-        return {}
 
 
 def load_eval_data(tables_dirs: list[str | Path], labels: str | Path | None = None,
@@ -95,7 +84,7 @@ def load_eval_data(tables_dirs: list[str | Path], labels: str | Path | None = No
             rename[row["model_id"]] = name
             models.append({**row, "model": name, "tables": str(tables)})
         store_path = _store_of(tables, store)
-        capture = _capture_metadata(store_path)
+        row_size, budget = capture_budget(store_path) if store_path else (None, None)
         texts = {t["trace_id"]: t for t in store_traces(store_path)} if store_path else {}
         if not texts and label_map is None:
             raise EvaluationError(expected(
@@ -119,10 +108,7 @@ def load_eval_data(tables_dirs: list[str | Path], labels: str | Path | None = No
             for row in read_table(tables, "phases").to_pylist():
                 phases.append({**row, "model": rename.get(row["model_id"], row["model_id"])})
         sources.append({"tables": str(tables), "store": store_path,
-                        "row_size": capture.get("row_size"),
-                        "max_new_tokens": (capture.get("generation") or {}).get("max_new_tokens")
-                        if isinstance(capture.get("generation"), dict)
-                        else capture.get("max_new_tokens"),
+                        "row_size": row_size, "max_new_tokens": budget,
                         "models": sorted(rename.values())})
     merged = {c: np.concatenate([np.asarray(f[c], dtype=object if c in
                                              ("trace_id", "prompt_id", "model_id", "model",

@@ -11,7 +11,13 @@ from .selectors import ORACLE, RANDOM
 
 
 def _pyplot():
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        from .grading import EvaluationError
+
+        raise EvaluationError("matplotlib: expected installed for the report's plots "
+                              "(pip install 'nex-pipeline[eval]'), got not installed") from None
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
@@ -24,18 +30,28 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "model"
 
 
+#: Selectors whose intervals are drawn as bands in the best-of-N plot (all intervals
+#: are in report.md / report.json; bands for every selector hide each other).
+BANDED = ("NEX (GMF)", RANDOM, "majority vote")
+
+
 def plot_best_of_n(model: str, best_of_n: dict, path: Path) -> Path:
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(8.5, 4.5))
     for name, series in best_of_n.items():
         style = "--" if name in (RANDOM, ORACLE) else "-"
-        ax.plot(series["n"], series["accuracy"], style, marker="o", markersize=3, label=name)
-        ax.fill_between(series["n"], series["ci_low"], series["ci_high"], alpha=0.12)
+        width = 2.4 if name == "NEX (GMF)" else 1.2
+        (line,) = ax.plot(series["n"], series["accuracy"], style, marker="o", markersize=3,
+                          linewidth=width, label=name)
+        if name in BANDED:
+            ax.fill_between(series["n"], series["ci_low"], series["ci_high"], alpha=0.12,
+                            color=line.get_color())
     ax.set_xlabel("N (samples per prompt)")
     ax.set_ylabel("best-of-N accuracy")
-    ax.set_title(f"{model}: best-of-N accuracy per selector (95% bootstrap CI over prompts)",
-                 fontsize=9)
-    ax.legend(fontsize=7, loc="best")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_title(f"{model}: best-of-N accuracy per selector (bands: 95% bootstrap CI over "
+                 f"prompts for {', '.join(BANDED)})", fontsize=8)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -363,3 +363,22 @@ def test_report_html_opens_in_headless_chromium(scored, browser_paths, tmp_path)
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
     finally:
         driver.quit()
+
+
+def test_score_and_eval_say_when_nex_cannot_mean_anything(scored, tmp_path, capsys):
+    """The tiny stores' responses (rows of 4 tokens, ~15 rows) have fewer than two
+    cycles: `nex score` and `nex eval` count them per model and warn in plain words."""
+    store = scored["root"] / "store-llama"
+    assert main(["score", str(store), "--out", str(tmp_path / "tables")]) == 0
+    captured = capsys.readouterr()
+    responses = read_table(tmp_path / "tables", "responses").to_pylist()
+    creditable = sum(r["n_kept_rows"] > 0 and r["n_cycles"] >= 2 for r in responses)
+    assert f"tiny-llama: {creditable} of {len(responses)} responses can carry credit" \
+        in captured.out
+    assert creditable < len(responses) / 2
+    (warning,) = [line for line in captured.err.splitlines() if line.startswith("nex: warning:")]
+    assert f"NEX of tiny-llama rests on {creditable} of {len(responses)} responses" in warning
+    assert f"rows of {ROW_SIZE} tokens" in warning and "--max-new-tokens" in warning
+    assert main(["eval", str(tmp_path / "tables"), "--report", str(tmp_path / "report"),
+                 "--bootstrap", "20"]) == 0
+    assert warning in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""Score tables and the pure parts of the engine core: baselines, tallies, atomic output."""
+"""Score tables and the pure parts of the engine core: tallies, batching, atomic output."""
 
 from __future__ import annotations
 
@@ -9,48 +9,11 @@ import pytest
 
 from nex_transforms import NexError
 from pipelines import tables
-from pipelines.engines.core import (BASELINES, DEEPCONF_WINDOW, EngineError, ModelTally,
-                                    ScoreConfig, SparseWeights, _split_part, lowest_group_means,
-                                    merge_tallies, response_baselines, tally_responses)
-
-
-def brute_lowest(values: np.ndarray, window: int) -> float:
-    if values.size == 0:
-        return float("nan")
-    w = min(window, values.size)
-    means = [np.nanmean(values[s:s + w]) if np.isfinite(values[s:s + w]).any() else np.nan
-             for s in range(values.size - w + 1)]
-    return float(np.nanmin(means)) if np.isfinite(means).any() else float("nan")
-
-
-@pytest.mark.parametrize("window", [1, 3, 7, DEEPCONF_WINDOW])
-def test_lowest_group_means_equal_a_brute_force_sliding_window(window):
-    rng = np.random.default_rng(window)
-    lengths = np.array([0, 1, 2, 5, 9, 30, 3, 0, 12])
-    values = rng.normal(size=int(lengths.sum()))
-    values[rng.random(values.size) < 0.1] = np.nan
-    ptr = np.concatenate([[0], np.cumsum(lengths)])
-    got = lowest_group_means(values, ptr, window)
-    want = [brute_lowest(values[a:b], window) for a, b in zip(ptr[:-1], ptr[1:])]
-    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12, equal_nan=True)
-
-
-def test_deepconf_window_is_2048_tokens_or_the_whole_response():
-    short = np.arange(100, dtype=np.float64)
-    assert lowest_group_means(short, np.array([0, 100]))[0] == pytest.approx(short.mean())
-    long = np.concatenate([np.full(3000, 5.0), np.zeros(2048), np.full(500, 5.0)])
-    assert lowest_group_means(long, np.array([0, long.size]))[0] == 0.0
-
-
-def test_baselines_are_means_and_nan_without_statistics():
-    ptr = np.array([0, 3, 3, 5])
-    stats = {name: (ptr, np.array([1.0, 2.0, 3.0, np.nan, np.nan], np.float32))
-             for name in ("entropy", "self_certainty", "token_logprob", "topk_confidence")}
-    out = response_baselines(stats)
-    assert list(out) == list(BASELINES)
-    for name in BASELINES:
-        assert out[name][0] == pytest.approx(2.0)
-        assert np.isnan(out[name][1]) and np.isnan(out[name][2])
+from nex_transforms import trace_batches
+from nex_transforms.baselines import BASELINES
+from pipelines.engines.plan import EngineError, ScoreConfig
+from pipelines.engines.tally import ModelTally, merge_tallies, tally_responses
+from pipelines.engines.weights import SparseWeights
 
 
 def rows(models, gmf, kept, cycles, baseline):
@@ -80,9 +43,9 @@ def test_model_tallies_merge_to_the_tally_of_all_rows():
     assert np.isnan(ModelTally().nex)
 
 
-def test_split_part_keeps_whole_traces_and_covers_the_part():
+def test_trace_batches_keep_whole_traces_and_cover_the_part():
     entries = np.array([5, 5, 30, 1, 1, 1, 8])
-    splits = _split_part(entries, 10)
+    splits = trace_batches(entries, 10)
     assert splits[0][0] == 0 and splits[-1][1] == entries.size
     assert all(a < b for a, b in splits)
     assert all(splits[i][1] == splits[i + 1][0] for i in range(len(splits) - 1))
@@ -171,6 +134,7 @@ def test_cli_and_core_never_import_engine_libraries():
 
     code = ("import sys, pipelines.cli as c; c.build_parser(); "
             "import pipelines.engines, pipelines.engines.core, pipelines.engines.local, "
+            "pipelines.engines.plan, pipelines.engines.analysis, pipelines.store.reader, "
             "pipelines.tables; "
             "print(sorted(m for m in ('apache_beam', 'dask', 'distributed') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

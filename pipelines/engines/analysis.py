@@ -1,0 +1,167 @@
+"""The engine-independent steps of ``nex score``: pure functions over work units.
+
+Every engine runs the same two steps per unit and the same merges:
+
+1. :func:`analyse_unit`: read the unit (checked: :func:`pipelines.store.reader.read_unit`),
+   run the NEX analysis per calibration key (the model id for per-model calibration,
+   :data:`~pipelines.engines.plan.GLOBAL_KEY` otherwise) and return a :class:`UnitResult`:
+   one :class:`~nex_transforms.CreditAccumulator` per key, per-trace statistics (kept
+   rows, cycles, baselines from the per-token statistics) and, optionally, per-row phases.
+2. :func:`merge_credit` over all units (any order, any tree), then weights
+   (:mod:`pipelines.engines.weights`), then :func:`score_unit` per unit with the
+   broadcast weights: the unit's response rows.
+
+Model rows come from :class:`~pipelines.engines.tally.ModelTally` values and the neuron
+rows from the merged credit. Nothing here imports an engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from nex_transforms import Aggregates, CreditAccumulator, analyse, good_mass_fraction
+from nex_transforms.baselines import response_baselines
+
+from .. import tables
+from ..store.reader import WorkUnit, read_unit
+from .plan import GLOBAL_KEY, EngineError, RunPlan, ScoreConfig, calibration_keys
+from .tally import merge_tallies, tally_responses
+from .weights import dense_weights, weights_for_keys
+
+
+@dataclass(frozen=True)
+class UnitResult:
+    """What :func:`analyse_unit` returns for one unit.
+
+    Attributes:
+        unit: the work unit.
+        credit: calibration key -> credit of the unit's traces of that key.
+        stats: per-trace columns (unit order): identity, counts, cycles, baselines.
+        phases: per kept row columns, or None when phases were not asked for.
+        aggregates: the unit's whole-response aggregates, kept for scoring (about a
+            sixth of the unit's row data; None: :func:`score_unit` reads them again).
+    """
+
+    unit: WorkUnit
+    credit: dict
+    stats: dict
+    phases: dict | None
+    aggregates: Aggregates | None = None
+
+
+def _key_groups(config: ScoreConfig, model_ids: list) -> dict:
+    """Calibration key -> trace positions (ascending), keys in first-seen order."""
+    groups: dict[str, list[int]] = {}
+    for position, model in enumerate(model_ids):
+        groups.setdefault(config.key_of(model), []).append(position)
+    return {key: np.asarray(idx, np.int64) for key, idx in groups.items()}
+
+
+def analyse_unit(store, unit: WorkUnit, config: ScoreConfig) -> UnitResult:
+    """Read and analyse one unit: credit per calibration key, per-trace statistics and
+    (optionally) phases. Pure apart from reading the store."""
+    corpus, token_stats = read_unit(store, unit)
+    n = unit.n_traces
+    counts = {name: np.zeros(n, np.int64) for name in
+              ("n_kept_rows", "n_explore_rows", "n_cycles", "n_effective_cycles",
+               "n_redundant_cycles")}
+    credit = {}
+    phase_parts = []
+    for key, positions in _key_groups(config, unit.meta["model_id"]).items():
+        sub = corpus if positions.size == n else corpus.select(positions)
+        analysis = analyse(sub, config.params)
+        c = analysis.credit
+        counts["n_kept_rows"][positions] = analysis.kept_row_counts
+        counts["n_explore_rows"][positions] = c.trace_explore_rows
+        counts["n_cycles"][positions] = c.trace_cycles
+        counts["n_effective_cycles"][positions] = c.trace_effective
+        counts["n_redundant_cycles"][positions] = c.trace_redundant
+        if config.calibration != "weights":
+            credit[key] = CreditAccumulator.empty().add_analysis(analysis)
+        if config.phases:
+            rows = analysis.rows
+            row_trace = rows.row_trace()
+            phase_parts.append((positions[row_trace],
+                                rows.row_index - sub.trace_row_ptr[row_trace],
+                                analysis.novelty.slopes, analysis.segmentation.z,
+                                analysis.segmentation.explore))
+    stats = {name: unit.meta[name] for name in ("trace_id", "prompt_id", "model_id")}
+    stats["sample_index"] = np.asarray(unit.meta["sample_index"], np.int64)
+    stats["n_rows"] = np.asarray(unit.meta["n_rows"], np.int64)
+    stats["response_tokens"] = np.asarray(unit.meta["response_tokens"], np.int64)
+    stats.update(counts)
+    stats.update(response_baselines(token_stats))
+    phases = None
+    if config.phases:
+        phases = tables.phase_columns(unit.meta["trace_id"], unit.meta["model_id"],
+                                      phase_parts)
+    return UnitResult(unit, credit, stats, phases, corpus.aggregates)
+
+
+def merge_credit(parts) -> dict:
+    """Merge per-key credit dicts (from units or earlier merges) into one dict."""
+    grouped: dict[str, list[CreditAccumulator]] = {}
+    for part in parts:
+        for key, acc in part.items():
+            grouped.setdefault(key, []).append(acc)
+    return {key: CreditAccumulator.merge_all(accs) for key, accs in sorted(grouped.items())}
+
+
+def plan_weights(plan: RunPlan, credit: dict | None) -> dict:
+    """The weights every unit is scored with: learned per key, or the given ones.
+
+    A model whose traces gave no credit at all gets all-zero weights (its GMFs are 0)."""
+    if plan.fixed_weights is not None:
+        return {GLOBAL_KEY: plan.fixed_weights}
+    return weights_for_keys(credit or {}, plan.config.params, calibration_keys(plan))
+
+
+def score_unit(store, result: UnitResult, weights: dict, config: ScoreConfig) -> dict:
+    """Response rows of one analysed unit: its statistics plus the GMF of every trace,
+    scored with the weights of the trace's calibration key (``{key: SparseWeights}``)."""
+    unit = result.unit
+    aggregates = result.aggregates
+    if aggregates is None:
+        aggregates, _ = read_unit(store, unit, aggregates_only=True)
+    gmf = np.full(unit.n_traces, np.nan)
+    for key, positions in _key_groups(config, unit.meta["model_id"]).items():
+        if key not in weights:
+            raise EngineError(f"weights: expected a vector for calibration key {key!r}, "
+                              f"got keys {sorted(weights)[:5]}")
+        sub = aggregates if positions.size == unit.n_traces else aggregates.select(positions)
+        gmf[positions] = good_mass_fraction(sub, dense_weights(weights[key]))
+    rows = dict(result.stats)
+    rows["gmf"] = gmf
+    return rows
+
+
+def write_results(staging: Path, plan: RunPlan, response_parts: list, credit: dict | None,
+                  weights: dict, phase_parts: list | None) -> dict:
+    """Write the tables of an in-memory run (local and Dask engines) with pyarrow.
+
+    ``response_parts`` and ``phase_parts`` are column dicts in unit order. Returns
+    counts for the run summary.
+    """
+    config = plan.config
+    responses = tables.concat_columns(response_parts)
+    tables.write_table(tables.table_path(staging, "responses"),
+                       tables.to_table("responses", responses))
+    tallies = merge_tallies([tally_responses(responses, config.params.min_rows)])
+    tables.write_table(tables.table_path(staging, "models"),
+                       tables.to_table("models", tables.model_columns(tallies, weights, config)))
+    neuron_parts = [tables.neuron_columns(key, weights[key], (credit or {}).get(key))
+                    for key in sorted(weights)]
+    tables.write_table(tables.table_path(staging, "neurons"),
+                       tables.to_table("neurons", tables.concat_columns(neuron_parts)))
+    if phase_parts is not None:
+        tables.write_table(tables.table_path(staging, "phases"),
+                           tables.to_table("phases", tables.concat_columns(phase_parts)))
+    return {"responses": int(len(responses.get("trace_id", []))),
+            "neurons": int(sum(len(p["key"]) for p in neuron_parts))}
+
+
+__all__ = ["UnitResult", "analyse_unit", "merge_credit", "plan_weights", "score_unit",
+           "write_results"]
