@@ -51,11 +51,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..testbed.train import heldout_problems, train, write_prompts
 
     preset = _preset(args)
-    if args.steps is not None:
-        from dataclasses import replace
-
-        preset = replace(preset, checkpoints=tuple(sorted(
-            {c for c in preset.checkpoints if c <= args.steps} | {args.steps})))
     summary = train(preset, args.out, threads=_threads(args), log=_log)
     write_prompts(heldout_problems(preset), f"{args.out}/heldout.jsonl")
     print(json.dumps({"checkpoints": summary.checkpoints, "seconds": round(summary.seconds, 1),

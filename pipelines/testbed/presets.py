@@ -76,11 +76,18 @@ PRESETS = {
 
 
 def get_preset(name: str, **overrides) -> Preset:
-    """A preset by name, with fields replaced by ``overrides`` (None values ignored)."""
+    """A preset by name, with fields replaced by ``overrides`` (None values ignored).
+    Overriding ``steps`` alone keeps the checkpoints up to it, adds a final one, and caps
+    the warm-up at a tenth of the steps."""
     if name not in PRESETS:
         raise TestbedError(expected("--preset", f"one of {sorted(PRESETS)}", repr(name)))
     preset = PRESETS[name]
     changes = {k: v for k, v in overrides.items() if v is not None}
+    if "steps" in changes and "checkpoints" not in changes and changes["steps"] >= 1:
+        # a shorter (or longer) run keeps the checkpoints that fit and ends with one
+        changes["checkpoints"] = tuple(sorted(
+            {c for c in preset.checkpoints if c <= changes["steps"]} | {changes["steps"]}))
+        changes["warmup_steps"] = min(preset.warmup_steps, max(1, changes["steps"] // 10))
     if changes:
         preset = replace(preset, **changes)
     if preset.steps < 1 or any(c < 0 or c > preset.steps for c in preset.checkpoints):

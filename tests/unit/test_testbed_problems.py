@@ -99,8 +99,11 @@ def test_presets():
     assert set(PRESETS) == {"ci", "results"}
     ci = get_preset("ci")
     assert ci.checkpoints[-1] == ci.steps and len([c for c in ci.checkpoints if c]) >= 4
-    assert get_preset("ci", steps=300).steps == 300
+    longer = get_preset("ci", steps=300)
+    assert longer.steps == 300 and longer.checkpoints == ci.checkpoints + (300,)
+    shorter = get_preset("ci", steps=50)
+    assert shorter.checkpoints == (0, 30, 50) and shorter.warmup_steps == 5
     with pytest.raises(TestbedError, match="expected one of"):
         get_preset("huge")
     with pytest.raises(TestbedError, match="steps within"):
-        get_preset("ci", steps=10)
+        get_preset("ci", checkpoints=(0, 500))
