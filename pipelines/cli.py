@@ -18,6 +18,10 @@ COMMAND_MODULES = [
     "pipelines.commands.rank",
     "pipelines.commands.flows",
     "pipelines.commands.eval",
+    "pipelines.commands.testbed",
+    "pipelines.commands.merge",
+    "pipelines.commands.transfer",
+    "pipelines.commands.annotate",
 ]
 
 

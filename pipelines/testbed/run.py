@@ -1,0 +1,214 @@
+"""The end-to-end testbed run: train, merge, capture, score, eval, transfer.
+
+``nex testbed run --preset ci --out DIR`` writes::
+
+    DIR/checkpoints/step-NNNNNN/   trained checkpoints (model folders)
+    DIR/heldout.jsonl              held-out prompts with gold answers (seed heldout_seed)
+    DIR/transfer-prompts.jsonl     other held-out prompts for the transfer check
+    DIR/family.yaml                the merge recipes; DIR/merges/NAME/ the merged variants
+    DIR/stores/NAME/               one activation store per variant (model id NAME)
+    DIR/tables/NAME/               its `nex score --phases` tables (each variant learns its
+                                   own weights: the paper's per-model calibration)
+    DIR/report/                    the `nex eval` report (report.json, .md, .html, plots)
+    DIR/transfer/                  `nex transfer` result (transfer.json, transfer.md)
+    DIR/annotations.json           agreement of the shipped E/X annotations with the HMM
+                                   labels (the annotated solutions teacher-forced into the
+                                   donor checkpoint)
+    DIR/testbed.json               what ran, with times per stage and the family table
+
+Every stage goes through the same code as its CLI command (``nex capture``, ``nex
+score``, ``nex eval`` are called through :func:`pipelines.cli.main`), and every stage
+is resumable: finished checkpoints, merges and store parts are kept on a rerun.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from ..tables import read_table
+from .presets import Preset
+from .train import checkpoint_name, heldout_problems, train, training_problems, write_prompts
+
+STAGES = ("train", "merge", "capture", "score", "eval", "transfer", "annotate")
+#: The shipped hand-labelled testbed solutions (see docs/testbed.md).
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def family_spec(preset: Preset) -> dict:
+    """The family file of a preset: every trained checkpoint but step 0 (random init,
+    kept only as the merge base) and five merges of the later checkpoints."""
+    trained = [s for s in preset.checkpoints if s > 0]
+    if len(trained) < 2:
+        raise ValueError("a testbed family needs at least 2 trained checkpoints")
+    base = checkpoint_name(min(preset.checkpoints))
+    mid, prev, last = (checkpoint_name(trained[len(trained) // 2 - 1]),
+                       checkpoint_name(trained[-2]), checkpoint_name(trained[-1]))
+    ck = "checkpoints/"
+    return {
+        "base": ck + base,
+        "variants": [
+            {"name": "linear", "method": "linear",
+             "models": [{"model": ck + mid, "weight": 0.5}, {"model": ck + last, "weight": 0.5}]},
+            {"name": "slerp", "method": "slerp", "models": [ck + mid, ck + last], "t": 0.5},
+            {"name": "task-arith", "method": "task_arithmetic",
+             "models": [{"model": ck + last, "weight": 1.25}]},
+            {"name": "ties", "method": "ties",
+             "models": [{"model": ck + prev, "weight": 1.0, "density": 0.5},
+                        {"model": ck + last, "weight": 1.0, "density": 0.5}]},
+            {"name": "dare", "method": "dare_linear", "seed": 0,
+             "models": [{"model": ck + last, "weight": 1.0, "density": 0.7}]},
+        ],
+    }
+
+
+def transfer_roles(preset: Preset) -> tuple[str, str]:
+    """(donor, recipient) checkpoint names, fixed before any result is seen: the final
+    checkpoint gives, the middle trained checkpoint receives."""
+    trained = [s for s in preset.checkpoints if s > 0]
+    return checkpoint_name(trained[-1]), checkpoint_name(trained[len(trained) // 2 - 1])
+
+
+def variants_of(out: Path, preset: Preset) -> dict[str, Path]:
+    """Model id -> folder for the family (checkpoints first, then merges)."""
+    models = {checkpoint_name(s): out / "checkpoints" / checkpoint_name(s)
+              for s in preset.checkpoints if s > 0}
+    for variant in family_spec(preset)["variants"]:
+        models[variant["name"]] = out / "merges" / variant["name"]
+    return models
+
+
+def _cli(argv: list[str]) -> None:
+    from ..cli import main
+
+    status = main(argv)
+    if status != 0:
+        raise RuntimeError(f"nex {' '.join(argv[:1])} failed with exit status {status}")
+
+
+def run_testbed(preset: Preset, out: str | Path, *, threads: int | None = None,
+                stages: tuple[str, ...] = STAGES, bootstrap: int = 1000, log=print) -> dict:
+    """Run the testbed stages for ``preset`` into ``out``; returns ``testbed.json``."""
+    import yaml
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary_path = out / "testbed.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    summary["preset"] = preset.to_dict()
+    timings = summary.setdefault("timings_s", {})
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+    def stage(name: str):
+        log(f"== testbed stage {name}")
+        return time.perf_counter()
+
+    if "train" in stages:
+        t0 = stage("train")
+        result = train(preset, out, threads=threads, log=log)
+        timings["train"] = time.perf_counter() - t0
+        summary["n_parameters"] = result.n_parameters
+        summary["final_train_loss"] = result.losses[-1]
+    exclude = {p.question for p in training_problems(preset)}
+    heldout = heldout_problems(preset, exclude=exclude)
+    write_prompts(heldout, out / "heldout.jsonl")
+    transfer_set = heldout_problems(preset, seed=preset.transfer_heldout_seed,
+                                    n=preset.n_transfer_prompts,
+                                    exclude=exclude | {p.question for p in heldout})
+    write_prompts(transfer_set, out / "transfer-prompts.jsonl")
+    (out / "family.yaml").write_text(yaml.safe_dump(family_spec(preset), sort_keys=False))
+    models = variants_of(out, preset)
+
+    if "merge" in stages:
+        t0 = stage("merge")
+        from .merge import merge_family
+
+        merge_family(out / "family.yaml", out / "merges", log=log)
+        timings["merge"] = time.perf_counter() - t0
+    if "capture" in stages:
+        t0 = stage("capture")
+        for model_id, folder in models.items():
+            _cli(["capture", "--model", str(folder), "--model-id", model_id,
+                  "--prompts", str(out / "heldout.jsonl"), "--out", str(out / "stores" / model_id),
+                  "--samples", str(preset.samples), "--max-new-tokens", str(preset.max_new_tokens),
+                  "--temperature", str(preset.temperature), "--top-p", "1.0",
+                  "--row-size", str(preset.row_size), "--top-k-neurons", str(preset.top_k_neurons),
+                  "--batch-size", str(preset.capture_batch_size), "--seed", "0", "--no-progress"])
+        timings["capture"] = time.perf_counter() - t0
+    if "score" in stages:
+        t0 = stage("score")
+        for model_id in models:
+            _cli(["score", str(out / "stores" / model_id), "--out",
+                  str(out / "tables" / model_id), "--phases"])
+        timings["score"] = time.perf_counter() - t0
+    if "eval" in stages:
+        t0 = stage("eval")
+        _cli(["eval", *(str(out / "tables" / m) for m in models), "--report", str(out / "report"), "--grader", "hash",
+              "--bootstrap", str(bootstrap)])
+        timings["eval"] = time.perf_counter() - t0
+    if "transfer" in stages:
+        t0 = stage("transfer")
+        donor, recipient = transfer_roles(preset)
+        neurons = read_table(str(out / "tables" / donor), "neurons").to_pydict()
+        positive = sum(1 for w in neurons["weight"] if w > 0)
+        negative = sum(1 for w in neurons["weight"] if w < 0)
+        if positive and negative:
+            _cli(["transfer", "--donor", str(models[donor]), "--recipient",
+                  str(models[recipient]), "--tables", str(out / "tables" / donor),
+                  "--donor-model-id", donor, "--prompts", str(out / "transfer-prompts.jsonl"),
+                  "--out", str(out / "transfer"), "--k", str(preset.transfer_size),
+                  "--draws", str(preset.transfer_seed_draws),
+                  "--max-new-tokens", str(preset.max_new_tokens), "--bootstrap", str(bootstrap)])
+            summary.pop("transfer_skipped", None)
+        else:  # nothing to transfer: say so instead of failing the whole run
+            summary["transfer_skipped"] = (
+                f"the donor {donor} has {positive} positive and {negative} negative neuron "
+                "weights; the transfer needs both")
+            log(f"nex: warning: transfer skipped: {summary['transfer_skipped']}")
+        timings["transfer"] = time.perf_counter() - t0
+    if "annotate" in stages:
+        t0 = stage("annotate")
+        donor, _ = transfer_roles(preset)
+        annotated = f"annotated-{donor}"
+        _cli(["capture", "--model", str(models[donor]), "--model-id", annotated,
+              "--prompts", str(DATA / "annotated-prompts.jsonl"),
+              "--responses", str(DATA / "annotations.jsonl"), "--out", str(out / "stores" / annotated),
+              "--row-size", str(preset.row_size), "--top-k-neurons", str(preset.top_k_neurons),
+              "--batch-size", str(preset.capture_batch_size), "--no-progress"])
+        _cli(["score", str(out / "stores" / annotated), "--out", str(out / "tables" / annotated),
+              "--phases"])
+        _cli(["annotate", "agree", str(DATA / "annotations.jsonl"), "--tables",
+              str(out / "tables" / annotated), "--out", str(out / "annotations.json")])
+        timings["annotate"] = time.perf_counter() - t0
+    summary["models"] = {name: str(path.relative_to(out)) for name, path in models.items()}
+    summary["family"] = family_table(out)
+    summary_path.write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    if (out / "report" / "report.json").is_file() and \
+            all((out / "tables" / m / "run.json").is_file() for m in models):
+        from .report import write_summary
+
+        write_summary(out, list(models), timings)
+    return summary
+
+
+def family_table(out: Path) -> list[dict]:
+    """Per variant: kind, step/recipe, accuracy and NEX (from the eval report, when present)."""
+    report = out / "report" / "report.json"
+    table = []
+    result = json.loads(report.read_text()) if report.is_file() else {}
+    by_model = {row["model"]: row for row in result.get("model_table", [])}
+    for card_path in sorted(out.glob("checkpoints/step-*/testbed.json")) + \
+            sorted(out.glob("merges/*/testbed.json")):
+        card = json.loads(card_path.read_text())
+        name = card_path.parent.name
+        if card.get("step") == 0:
+            continue
+        row = by_model.get(name, {})
+        table.append({"model": name, "kind": card.get("kind"), "step": card.get("step"),
+                      "method": (card.get("recipe") or {}).get("method"),
+                      "accuracy": row.get("accuracy"), "nex": row.get("nex")})
+    return table
