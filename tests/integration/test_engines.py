@@ -32,7 +32,11 @@ pytestmark = pytest.mark.timeout(300)
 MODELS = ("model-a", "model-b", "model-c")
 #: Small units so every part is split and engines really distribute work.
 BATCH = ["--batch-entries", "6000"]
+#: Against computations outside the engines (float32 weights in tables, the rows-cache CLI).
 TOLERANCE = 1e-6
+#: Engine against engine: the same core on the same units; only the order of floating-point
+#: merges differs (Dask's tree reduction), measured <= 4e-15.
+ENGINE_TOLERANCE = 1e-13
 VENV_BIN = Path(sys.executable).parent
 
 
@@ -149,7 +153,7 @@ def test_beam_embedded_runner_matches_local(store, local, tmp_path, calibration)
                 *(["--phases"] if calibration == "per-model" else []))
     names = ("responses", "models", "neurons", "phases") if calibration == "per-model" \
         else ("responses", "models", "neurons")
-    assert max_table_diff(local[calibration], out, names) <= TOLERANCE
+    assert max_table_diff(local[calibration], out, names) <= ENGINE_TOLERANCE
     assert tables.table_path(out, "responses").is_dir()  # Beam's sharded Parquet sink
     assert tables.read_run(out)["engine_info"]["runner"] == "FnApiRunner (embedded)"
 
@@ -157,7 +161,7 @@ def test_beam_embedded_runner_matches_local(store, local, tmp_path, calibration)
 def test_beam_multi_process_mode_matches_local(store, local, tmp_path):
     out = score(store, tmp_path / "beam-mp", "--engine", "beam", "--",
                 "--direct_num_workers=2", "--direct_running_mode=multi_processing")
-    assert max_table_diff(local["per-model"], out) <= TOLERANCE
+    assert max_table_diff(local["per-model"], out) <= ENGINE_TOLERANCE
     assert "--direct_num_workers=2" in tables.read_run(out)["engine_info"]["pipeline_args"]
 
 
@@ -169,7 +173,7 @@ def test_dask_local_cluster_matches_local(store, local, tmp_path, calibration):
                 *(["--phases"] if calibration == "per-model" else []))
     names = ("responses", "models", "neurons", "phases") if calibration == "per-model" \
         else ("responses", "models", "neurons")
-    assert max_table_diff(local[calibration], out, names) <= TOLERANCE
+    assert max_table_diff(local[calibration], out, names) <= ENGINE_TOLERANCE
     assert tables.read_run(out)["engine_info"]["workers"] == 2
 
 
@@ -214,7 +218,7 @@ def dask_cluster(tmp_path_factory):
 def test_dask_real_cluster_matches_local(store, local, tmp_path, dask_cluster):
     out = score(store, tmp_path / "dask-remote", "--engine", "dask",
                 "--scheduler", dask_cluster["address"])
-    assert max_table_diff(local["per-model"], out) <= TOLERANCE
+    assert max_table_diff(local["per-model"], out) <= ENGINE_TOLERANCE
     info = tables.read_run(out)["engine_info"]
     assert info["scheduler"] == dask_cluster["address"] and info["workers"] == 2
 
@@ -254,7 +258,7 @@ def test_dask_survives_a_worker_killed_mid_run(store, local, tmp_path, dask_clus
         thread.join(timeout=240)
     assert killed is not None and status["alive_at_kill"], "the run ended before the kill"
     assert status["rc"] == 0
-    assert max_table_diff(local["per-model"], out) <= TOLERANCE
+    assert max_table_diff(local["per-model"], out) <= ENGINE_TOLERANCE
     assert any(w.poll() is not None for w in dask_cluster["workers"])  # one really died
 
 
@@ -265,8 +269,8 @@ def test_given_weights_score_like_the_learned_ones(store, local, tmp_path):
     np.savez(path, weights=weights)
     outs = [score(store, tmp_path / engine, "--weights", str(path), "--engine", engine)
             for engine in ("local", "dask", "beam")]
-    assert max_table_diff(outs[0], outs[1]) <= TOLERANCE
-    assert max_table_diff(outs[0], outs[2]) <= TOLERANCE
+    assert max_table_diff(outs[0], outs[1]) <= ENGINE_TOLERANCE
+    assert max_table_diff(outs[0], outs[2]) <= ENGINE_TOLERANCE
     learned = tables.read_table(local["per-model"], "responses")
     given = tables.read_table(outs[0], "responses")
     is_a = np.array(learned["model_id"].to_pylist()) == "model-a"
