@@ -109,6 +109,7 @@ def flows_stage(out: Path, args: argparse.Namespace) -> dict:
     # a temporary Prefect server on a busy 2-core machine can take longer than Prefect's 20 s
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     # its own Prefect home (database, settings) under OUT, not the user's ~/.prefect
+    (out / "prefect-home").mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PREFECT_HOME", str((out / "prefect-home").absolute()))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # offline: no telemetry
     flows = importlib.import_module("flows.flows")

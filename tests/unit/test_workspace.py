@@ -83,6 +83,8 @@ def test_checkpoint_state_ready_pending_broken(tmp_path):
         "missing-shard-old": (dict(config, **index, **{"m-1.safetensors": b"w"}), 3600, "broken"),
         "no-weights": (config, 3600, "broken"),
         "no-config": ({"model.safetensors": b"w"}, 3600, "broken"),
+        "gguf": ({"m.gguf": b"w", "__init__.py": b""}, 3600, "ready"),
+        "two-ggufs": ({"a.gguf": b"w", "b.gguf": b"w"}, 3600, "broken"),
     }
     for name, (files, age, state) in cases.items():
         got, why = checkpoint_state(_folder(tmp_path / name, files, age), settle_seconds=60)
@@ -102,6 +104,10 @@ def test_content_hash_follows_files_not_names_or_the_model_card(tmp_path):
     assert content_hash(a) == content_hash(b)
     (b / "model.safetensors").write_bytes(b"w2")
     assert content_hash(a) != content_hash(b)
+    # a GGUF checkpoint (no config.json) is its .gguf file, whatever else the folder holds
+    g1 = _folder(tmp_path / "g1", {"m.gguf": b"q4", "__init__.py": b""})
+    g2 = _folder(tmp_path / "g2", {"m.gguf": b"q4", "__init__.py": b"# other"})
+    assert content_hash(g1) == content_hash(g2)
 
 
 def _claim(args) -> bool:
