@@ -83,8 +83,10 @@ STATUS_COMPLETE = "complete"
 
 #: Parquet options of manifests (footer statistics and the embedded arrow schema cost
 #: kilobytes per part; readers cast to :func:`manifest_schema`).
+#: Dictionary pages cost ~40 bytes per column even for a few rows; zstd already packs the
+#: repeated strings (model id, part, status).
 PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 9, "write_statistics": False,
-                   "store_schema": False}
+                   "store_schema": False, "use_dictionary": False}
 
 
 class StoreError(NexError):
