@@ -97,7 +97,11 @@ def coverage_warning(entry: dict, max_new_tokens: int | None = None) -> str:
         if max_new_tokens is None or budget > max_new_tokens:
             advice.append(f"let responses run longer (--max-new-tokens {budget} or more, "
                           f"prompts that ask for step-by-step work)")
-        text += "; " + " or ".join(advice) if advice else ""
+        if not advice:
+            advice.append("the row size is already small and the token budget is not the "
+                          "limit: only longer responses (prompts that draw longer answers) "
+                          "would give more rows")
+        text += "; " + " or ".join(advice)
     return text + "."
 
 
