@@ -33,18 +33,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for model, entry in result["models"].items():
         d = entry["data"]
         line = (f"{model}: {d['n_prompts_evaluated']} prompts x {d['samples_min']} samples, "
-                f"accuracy {entry['accuracy']:.3f}, {d['n_no_answer']} without an answer, "
+                f"accuracy {_number(entry['accuracy'])}, {d['n_no_answer']} without an answer, "
                 f"{d['n_no_reference']} without a reference")
         best = entry["best_of_n"]
         if best:
             n = best["random"]["n"][-1]
-            picks = ", ".join(f"{name} {series['accuracy'][-1]:.3f}"
+            picks = ", ".join(f"{name} {_number(series['accuracy'][-1])}"
                               for name, series in best.items())
             line += f"; best-of-{n}: {picks}"
         print(line)
     print(f"report written to {summary['report_dir']} (report.md, report.html, report.json, "
           f"grades.parquet, {len(summary['plots'])} plots)")
     return 0
+
+
+def _number(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def register(subparsers) -> None:

@@ -311,7 +311,18 @@ def evaluate(data: EvalData, seed: int = 0, n_boot: int = 1000, n_bins: int = 5)
          "accuracy": accuracy.get(m["model"]), "nex": m["nex"], "log_gap": m["log_gap"],
          **{s.column: m.get(s.column) for s in SCORE_SELECTORS[1:]}}
         for m in data.models]
-    return json.loads(json.dumps(result, default=_jsonable))
+    return _nan_to_none(json.loads(json.dumps(result, default=_jsonable)))
+
+
+def _nan_to_none(value):
+    """Non-finite floats become None, so report.json is strict JSON (null)."""
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nan_to_none(v) for v in value]
+    return value
 
 
 def _jsonable(value):

@@ -7,6 +7,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
+
 from .selectors import ORACLE, RANDOM
 
 
@@ -25,6 +27,11 @@ def _pyplot():
     return plt
 
 
+def _floats(values) -> np.ndarray:
+    """A float array (None -> NaN: report.json writes non-finite numbers as null)."""
+    return np.asarray([np.nan if v is None else v for v in values], dtype=float)
+
+
 def slug(text: str) -> str:
     """A file-name-safe version of ``text``."""
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "model"
@@ -41,10 +48,11 @@ def plot_best_of_n(model: str, best_of_n: dict, path: Path) -> Path:
     for name, series in best_of_n.items():
         style = "--" if name in (RANDOM, ORACLE) else "-"
         width = 2.4 if name == "NEX (GMF)" else 1.2
-        (line,) = ax.plot(series["n"], series["accuracy"], style, marker="o", markersize=3,
+        (line,) = ax.plot(series["n"], _floats(series["accuracy"]), style, marker="o", markersize=3,
                           linewidth=width, label=name)
         if name in BANDED:
-            ax.fill_between(series["n"], series["ci_low"], series["ci_high"], alpha=0.12,
+            ax.fill_between(series["n"], _floats(series["ci_low"]), _floats(series["ci_high"]),
+                            alpha=0.12,
                             color=line.get_color())
     ax.set_xlabel("N (samples per prompt)")
     ax.set_ylabel("best-of-N accuracy")
@@ -62,9 +70,9 @@ def plot_best_of_n(model: str, best_of_n: dict, path: Path) -> Path:
 def plot_auroc(model: str, auroc: dict, path: Path) -> Path:
     plt = _pyplot()
     names = list(auroc)
-    values = [auroc[n]["auroc"] for n in names]
-    low = [max(0.0, v - auroc[n]["ci_low"]) for n, v in zip(names, values)]
-    high = [max(0.0, auroc[n]["ci_high"] - v) for n, v in zip(names, values)]
+    values = _floats([auroc[n]["auroc"] for n in names])
+    low = np.nan_to_num(np.maximum(0.0, values - _floats([auroc[n]["ci_low"] for n in names])))
+    high = np.nan_to_num(np.maximum(0.0, _floats([auroc[n]["ci_high"] for n in names]) - values))
     fig, ax = plt.subplots(figsize=(7, 3.8))
     ax.barh(names, values, xerr=[low, high], color="tab:blue", alpha=0.7)
     ax.axvline(0.5, color="grey", linestyle="--", linewidth=1)
@@ -123,7 +131,7 @@ def plot_phases(model: str, examples: list[dict], path: Path) -> Path:
     fig, axes = plt.subplots(len(examples), 1, figsize=(8, 2.2 * len(examples)), squeeze=False)
     for ax, example in zip(axes[:, 0], examples):
         rows, slopes, labels = example["row"], example["novelty_slope"], example["label"]
-        ax.plot(rows, slopes, color="black", linewidth=1, marker=".", markersize=3)
+        ax.plot(rows, _floats(slopes), color="black", linewidth=1, marker=".", markersize=3)
         for position, label in enumerate(labels):
             if label == "E":
                 ax.axvspan(rows[position] - 0.5, rows[position] + 0.5, color="tab:orange",
@@ -135,7 +143,7 @@ def plot_phases(model: str, examples: list[dict], path: Path) -> Path:
             example["correct"] if example["correct"] in (True, False) else None]
         ax.set_title(f"{example['trace_id']}: {example['n_cycles']} cycles "
                      f"({example['n_effective_cycles']} effective, "
-                     f"{example['n_redundant_cycles']} redundant), GMF {example['gmf']:.3f}, "
+                     f"{example['n_redundant_cycles']} redundant), GMF {_floats([example['gmf']])[0]:.3f}, "
                      f"{verdict}", fontsize=8)
         ax.set_ylabel("novelty slope", fontsize=7)
     axes[-1, 0].set_xlabel("row (E rows shaded; green line: a cycle starts; "
@@ -152,12 +160,12 @@ def plot_across_models(across: dict, path: Path) -> Path:
     scores = across["scores"]
     fig, axes = plt.subplots(1, len(scores), figsize=(3.2 * len(scores), 3.2), squeeze=False)
     for ax, (name, entry) in zip(axes[0], scores.items()):
-        ax.scatter(entry["values"], across["accuracy"])
+        ax.scatter(_floats(entry["values"]), _floats(across["accuracy"]))
         for x, y, label in zip(entry["values"], across["accuracy"], across["models"]):
             ax.annotate(label, (x, y), fontsize=6)
         ax.set_xlabel(f"{name} (model level)", fontsize=7)
-        ax.set_title(f"Spearman {entry['spearman']:.2f}, Kendall {entry['kendall']:.2f}",
-                     fontsize=7)
+        spearman, kendall = _floats([entry["spearman"], entry["kendall"]])
+        ax.set_title(f"Spearman {spearman:.2f}, Kendall {kendall:.2f}", fontsize=7)
     axes[0, 0].set_ylabel("accuracy")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -6,7 +6,7 @@ prompt file (``id``, ``prompt``, ``answer``) from a shipped benchmark, with an i
 to work step by step and end with "The answer is N", keeping the benchmark's ids and
 gold answers. Which prompts are taken is fixed by the rule below, never by results.
 
-    python -m pipelines.evaluation.prompt_sets arithmetic-mixed --limit 48 --out prompts.jsonl
+    python -m pipelines.evaluation.prompt_sets arithmetic --limit 16 --out prompts.jsonl
     python -m pipelines.evaluation.prompt_sets gsm8k --limit 16 --out prompts.jsonl
 """
 
@@ -19,16 +19,21 @@ import sys
 from pathlib import Path
 
 INSTRUCTION = " Work it out step by step, then finish with 'The answer is N'."
-SETS = ("arithmetic-mixed", "gsm8k")
+SETS = ("arithmetic", "arithmetic-mixed", "gsm8k")
 
 
 def prompt_set(name: str, limit: int) -> list[dict]:
-    """Rows of a prompt set: ``arithmetic-mixed`` = the first ``limit`` arithmetic
+    """Rows of a prompt set: ``arithmetic`` = the first ``limit`` arithmetic questions
+    (the set begins with one-operator questions); ``arithmetic-mixed`` = the first ``limit`` arithmetic
     questions with two or more operators (order of operations matters); ``gsm8k`` = the
     first ``limit`` GSM8K test questions. Each with the instruction appended."""
     from ..capture.prompts import load_benchmark
 
-    if name == "arithmetic-mixed":
+    if name == "arithmetic":
+        rows = [{"id": i.prompt_id, "answer": i.reference_answer,
+                 "prompt": f"Calculate {i.text.rstrip(' =')}." + INSTRUCTION}
+                for i in load_benchmark("arithmetic")]
+    elif name == "arithmetic-mixed":
         items = [i for i in load_benchmark("arithmetic")
                  if len(re.findall(r"[-+*/]", i.text)) >= 2]
         rows = [{"id": i.prompt_id, "answer": i.reference_answer,

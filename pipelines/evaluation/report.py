@@ -232,7 +232,8 @@ def write_report(result: dict, grades: list[dict], report_dir: str | Path) -> di
     staging.mkdir()
     try:
         made = _make_plots(result, staging / "plots")
-        (staging / "report.json").write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+        (staging / "report.json").write_text(
+            json.dumps(result, indent=1, sort_keys=True, allow_nan=False) + "\n")
         _write_grades(staging / "grades.parquet", grades)
         markdown_text = _markdown(result, made)
         (staging / "report.md").write_text(markdown_text)

@@ -43,3 +43,10 @@ def test_no_warning_when_most_responses_carry_credit():
 def test_infer_row_size():
     assert infer_row_size([17, 32, 9], [3, 4, 2]) == 8
     assert infer_row_size([], []) is None
+
+
+def test_advice_when_rows_are_already_small():
+    rows = [("m", 40, 40, 1, 0, 0, 78)] * 3
+    (entry,) = model_coverage(columns(rows), row_size=2, max_new_tokens=128)
+    assert "only longer responses" in entry["warning"]
+    assert "--row-size" not in entry["warning"]
