@@ -8,7 +8,8 @@
   TIES, DARE);
 * :mod:`.transfer` copies MLP neurons from a donor into a recipient and measures accuracy;
 * :mod:`.annotations` imports human E/X span annotations and measures agreement;
-* :mod:`.run` the end-to-end testbed run (train, merge, capture, score, eval, transfer).
+* :mod:`.run` the end-to-end testbed run (train, merge, capture, score, eval, transfer,
+  annotate) and :mod:`.report` its summary (`testbed.md`, the family inverted-U plot).
 
 torch, transformers and mergekit are imported inside functions.
 """
