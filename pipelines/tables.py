@@ -199,7 +199,10 @@ def _remote(url: str, storage_options: dict | None):
         import fsspec
     except ImportError as err:  # pragma: no cover - fsspec comes with the store extra
         raise TablesError(f"--out {url}: expected fsspec installed, got {err}") from None
-    options = dict(storage_options or {})
+    from .store.fs import storage_options_from_env
+
+    # --storage-options of this command (NEX_STORAGE_OPTIONS) reach every reader of the run
+    options = storage_options_from_env(storage_options)
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     if url.startswith(("s3://", "s3a://")) and endpoint and "endpoint_url" not in options:
         options["endpoint_url"] = endpoint  # older botocore ignores the variable
