@@ -14,7 +14,6 @@ import pytest
 
 
 
-
 def _config():
     from transformers import Qwen3Config
 
