@@ -13,8 +13,6 @@ import numpy as np
 import pytest
 
 
-
-
 def _config():
     from transformers import Qwen3Config
 
