@@ -17,6 +17,10 @@ from scipy import stats
 
 from pipelines.tables import read_table
 
+# The module's one run takes a few minutes on 2 free cores; on a loaded machine it took
+# 15 minutes and hit the suite's default 900 s timeout.
+pytestmark = pytest.mark.timeout(1800)
+
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
