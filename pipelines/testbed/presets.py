@@ -2,7 +2,7 @@
 
 ``ci`` trains in a few minutes on 2 shared CPU cores and exists to run the whole
 testbed end to end in CI; ``results`` is the larger run reported in
-docs/results-testbed.md. Only these fields differ between them.
+docs/results.md (testbed section). Only these fields differ between them.
 """
 
 from __future__ import annotations
