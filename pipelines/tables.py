@@ -424,18 +424,13 @@ def _owner_path(version: Path) -> Path:
     return version.parent / f"{version.name}.owner"
 
 
-def _owner_alive(owner: Path) -> bool:
-    """Whether the process that wrote ``owner`` (a staging folder's owner file) may still
-    be running: same host and a live pid, or another host and a recent file."""
-    try:
-        info = json.loads(owner.read_text())
-    except (OSError, ValueError):
-        return False
+def _writer_alive(info: dict, modified) -> bool:
+    """Whether the writer an owner record ``info`` names may still be running: on this
+    host, a live pid; on another host, an owner file modified (``modified()``, seconds
+    since the epoch, None when unknown) within STALE_SECONDS."""
     if info.get("host") != socket.gethostname():
-        try:
-            return time.time() - owner.stat().st_mtime < STALE_SECONDS
-        except OSError:
-            return False
+        stamp = modified()
+        return stamp is None or time.time() - stamp < STALE_SECONDS
     try:
         os.kill(int(info.get("pid", -1)), 0)
     except ProcessLookupError:
@@ -443,6 +438,22 @@ def _owner_alive(owner: Path) -> bool:
     except (PermissionError, ValueError, TypeError, OverflowError):
         return True
     return True
+
+
+def _owner_alive(owner: Path) -> bool:
+    """Whether the process that wrote ``owner`` (a staging folder's owner file) may still
+    be running: same host and a live pid, or another host and a recent file."""
+    try:
+        info = json.loads(owner.read_text())
+    except (OSError, ValueError):
+        return False
+
+    def modified():
+        try:
+            return owner.stat().st_mtime
+        except OSError:
+            return 0.0  # gone: not alive
+    return _writer_alive(info, modified)
 
 
 def _current_version(out: Path) -> str | None:
@@ -603,19 +614,13 @@ def _remote_owner_alive(fs, owner: str) -> bool:
         info = json.loads(fs.cat_file(owner))
     except (OSError, ValueError):
         return False
-    if info.get("host") != socket.gethostname():
+
+    def modified():
         try:
-            modified = fs.modified(owner)
-            return time.time() - modified.timestamp() < STALE_SECONDS
+            return fs.modified(owner).timestamp()
         except (OSError, NotImplementedError, AttributeError, ValueError):
-            return True
-    try:
-        os.kill(int(info.get("pid", -1)), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, ValueError, TypeError, OverflowError):
-        return True
-    return True
+            return None  # unknown: assume alive
+    return _writer_alive(info, modified)
 
 
 def _publish(staging: Path, out: Path, token: str) -> None:
