@@ -37,7 +37,7 @@ def test_row_labels_agree(compared):
         same += int((np.asarray(labels) == analysis.segmentation.explore[a:b]).sum())
         total += len(labels)
     assert total > 10_000
-    assert same / total >= 0.995
+    assert same == total  # README: the labels agree exactly
 
 
 def test_weight_signs_agree(compared):
@@ -45,13 +45,14 @@ def test_weight_signs_agree(compared):
     credited = (weights != 0) | (plain_weights != 0)
     assert credited.sum() > 1000
     agree = np.sign(weights[credited]) == np.sign(plain_weights[credited])
-    assert agree.mean() >= 0.995
+    assert agree.all()  # README: the weight signs agree exactly
 
 
 def test_gmf_and_nex_agree(compared):
     _, _, scores, _, _, plain_gmf = compared
     diff = np.abs(scores.gmf - plain_gmf)
-    assert (diff <= 1e-2).mean() >= 0.99
+    assert np.nanmax(diff) <= 1e-12  # equal up to float summation order (measured 3e-15)
+    assert np.array_equal(np.isnan(scores.gmf), np.isnan(plain_gmf))
     assert spearmanr(scores.gmf, plain_gmf).statistic >= 0.999
     assert abs(scores.nex - np.nanmean(plain_gmf)) <= 1e-3
 
