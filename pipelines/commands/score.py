@@ -35,7 +35,8 @@ def cmd_score(args: argparse.Namespace) -> int:
         raise CommandError(f"--workers: expected an integer >= 1, got {args.workers}")
     from ..store.fs import apply_storage_options
 
-    apply_storage_options(args.storage_options)  # object-store stores: workers inherit it
+    # parsed and checked once; object-store stores: workers inherit it
+    storage_options = apply_storage_options(args.storage_options) or None
     config = ScoreConfig(store=args.store, params=params_from_args(args),
                          calibration=calibration, weights_file=args.weights,
                          phases=args.phases, batch_entries=args.batch_entries)
@@ -44,16 +45,6 @@ def cmd_score(args: argparse.Namespace) -> int:
         options["pipeline_args"] = list(args.engine_args)
     elif args.engine == "dask":
         options.update(scheduler=args.scheduler, workers=args.workers)
-    storage_options = None
-    if args.storage_options is not None:
-        try:
-            storage_options = json.loads(args.storage_options)
-        except ValueError as err:
-            raise CommandError(f"--storage-options: expected a JSON object, got "
-                               f"{args.storage_options!r} ({err})") from None
-        if not isinstance(storage_options, dict):
-            raise CommandError(f"--storage-options: expected a JSON object, got "
-                               f"{type(storage_options).__name__}")
     summary = run_engine(args.engine, config, args.out, options, storage_options)
     if args.json:
         print(json.dumps(summary, sort_keys=True, default=str))
