@@ -35,13 +35,14 @@ class CycleCredit:
     trace_explore_rows: np.ndarray
 
 
-def cycle_credit(rows: KeptRows, nov: Novelty, seg: Segmentation, params: NexParams
-                 ) -> CycleCredit:
+def cycle_credit(rows: KeptRows, nov: Novelty, seg: Segmentation, params: NexParams,
+                 key_index: KeyIndex | None = None) -> CycleCredit:
     """Find the E->X cycles of every trace and credit the neurons they introduce.
 
     A cycle is a maximal E run followed by the X run after it; leading X rows and a
     final E run without X are ignored. See METHOD.md section 4 for the rule; every step
     here is a grouped array operation over the concatenated rows and entries.
+    ``key_index`` (covering every credited key) saves building one for the sums per key.
     """
     n_traces = rows.trace_ptr.size - 1
     explore = seg.explore
@@ -105,13 +106,16 @@ def cycle_credit(rows: KeptRows, nov: Novelty, seg: Segmentation, params: NexPar
     cycle_of_entry = row_cycle[entry_row[entries]]
     amounts = rows.masses[entries] * scale[cycle_of_entry]
     is_eff = effective[cycle_of_entry]
-    key_id = nov.key_id[entries]
-    n_keys = nov.key_values.size
+    entry_keys = rows.keys[entries]
+    if key_index is None:
+        key_index = KeyIndex.build(entry_keys)
+    key_id = key_index.ids(entry_keys)
+    n_keys = key_index.size
     eff = np.bincount(key_id[is_eff], weights=amounts[is_eff], minlength=n_keys)
     red = np.bincount(key_id[~is_eff], weights=amounts[~is_eff], minlength=n_keys)
     touched = np.zeros(n_keys, dtype=bool)
     touched[key_id] = True
-    keys = nov.key_values[touched]
+    keys = key_index.values[touched]
     eff, red = eff[touched], red[touched]
     return CycleCredit(
         keys=keys.astype(np.uint32),
@@ -155,7 +159,7 @@ def analyse(corpus: RowCorpus, params: NexParams | None = None,
     rows = kept_rows(corpus, params.min_rows)
     nov = novelty(rows, key_index)
     seg = segment(nov.slopes, rows.trace_ptr, params)
-    return TraceAnalysis(rows, nov, seg, cycle_credit(rows, nov, seg, params))
+    return TraceAnalysis(rows, nov, seg, cycle_credit(rows, nov, seg, params, key_index))
 
 
 #: Above this many keys, sums per key go through a dense 2^22 table instead of a sort.

@@ -24,11 +24,10 @@ class Novelty:
     Attributes:
         new_counts: ``|N_r|`` per kept row (distinct keys first seen in that row).
         slopes: novelty slope ``s_r = |N_r| / tokens(r)`` per kept row.
-        first_row: per entry, the kept-row index where its key first appeared in the trace.
+        first_row: per entry, the kept-row index (int32) where its key first appeared in
+            the trace.
         is_new: per entry, whether this entry is in its key's first row (``key in N_r``).
-        entry_row: per entry, its kept-row index.
-        key_id: per entry, a dense renumbering of its key; ``key_values[key_id] == key``.
-        key_values: the distinct keys, ascending.
+        entry_row: per entry, its kept-row index (int32).
     """
 
     new_counts: np.ndarray
@@ -36,8 +35,6 @@ class Novelty:
     first_row: np.ndarray
     is_new: np.ndarray
     entry_row: np.ndarray
-    key_id: np.ndarray
-    key_values: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -72,38 +69,87 @@ class KeyIndex:
         return np.take(self.lookup, keys, mode="clip")
 
 
-def first_rows(key_id: np.ndarray, n_keys: int, entry_row: np.ndarray,
-               entry_ptr: np.ndarray, trace_ptr: np.ndarray) -> np.ndarray:
-    """For every entry, the first row of its trace in which its key appears.
+def _first_rows_per_trace(keys: np.ndarray, entry_row: np.ndarray, bounds: np.ndarray,
+                          out: np.ndarray) -> None:
+    """:func:`first_rows` for long traces: one scatter and one gather per trace.
 
-    With keys renumbered densely (``key_id`` in ``[0, n_keys)``), a ``(trace, key)`` table
-    is filled by one scatter in reverse entry order (entries are in row order, and NumPy
-    assigns repeated indices in order, so the earliest row is written last) and read
-    back by one gather. Traces are taken in groups so the table stays within
-    :data:`TABLE_CELLS` cells (cache-resident), or, for many short traces, so that there
-    are at most about :data:`MAX_GROUPS` groups within :data:`MAX_TABLE_CELLS` cells.
+    The table is indexed by the raw key (2^22 int32 cells, of which only the pages holding
+    the trace's keys are ever touched) and needs no reset: every cell read for a trace was
+    written for that trace just before.
     """
-    n = key_id.size
-    trace_entries = entry_ptr[trace_ptr]
-    counts = np.diff(trace_entries)
+    table = np.empty(KEY_SPACE, np.int32)
+    for t in np.flatnonzero(bounds[1:] > bounds[:-1]):
+        a, b = int(bounds[t]), int(bounds[t + 1])
+        k = keys[a:b].astype(np.intp)  # an intp index scatters faster than a uint32 one
+        table[k[::-1]] = entry_row[a:b][::-1]
+        np.take(table, k, out=out[a:b], mode="clip")  # the scatter checked the bounds
+
+
+def _first_rows_grouped(keys: np.ndarray, entry_row: np.ndarray, bounds: np.ndarray,
+                        out: np.ndarray, key_index: KeyIndex | None) -> None:
+    """:func:`first_rows` for many short traces: groups of traces per scatter.
+
+    Keys are renumbered densely so that a ``(trace, key)`` table of a group of traces
+    stays within :data:`TABLE_CELLS` cells (cache-resident), or, for many short traces,
+    so that there are at most about :data:`MAX_GROUPS` groups within
+    :data:`MAX_TABLE_CELLS` cells.
+    """
+    if key_index is None:
+        key_index = KeyIndex.build(keys)
+    key_id = key_index.ids(keys)
+    n = keys.size
+    counts = np.diff(bounds)
     n_traces = counts.size
-    n_keys = max(n_keys, 1)
+    n_keys = max(key_index.size, 1)
     per_group = max(1, TABLE_CELLS // n_keys,
                     min(-(-n_traces // MAX_GROUPS), MAX_TABLE_CELLS // n_keys))
     table = np.empty(min(per_group, n_traces) * n_keys, np.int32)
     # a group's cells fit int32: at most max(MAX_TABLE_CELLS, KEY_SPACE) of them
     offsets = np.arange(per_group, dtype=np.int32) * np.int32(n_keys)
-    reversed_rows = entry_row[::-1].astype(np.int32)
-    out = np.empty(n, np.int64)
+    reversed_rows = entry_row[::-1].copy()
     for first in range(0, n_traces, per_group):
         last = min(first + per_group, n_traces)
-        a, b = int(trace_entries[first]), int(trace_entries[last])
+        a, b = int(bounds[first]), int(bounds[last])
         if a == b:
             continue
         cell = np.repeat(offsets[:last - first], counts[first:last])
         cell += key_id[a:b]
         table[cell[::-1]] = reversed_rows[n - b:n - a]
-        out[a:b] = np.take(table, cell, mode="clip")
+        np.take(table, cell, out=out[a:b], mode="clip")
+
+
+#: Traces with at least this many entries on average are handled one at a time.
+PER_TRACE_ENTRIES = 2048
+
+
+def first_rows(keys: np.ndarray, entry_row: np.ndarray, entry_ptr: np.ndarray,
+               trace_ptr: np.ndarray, key_index: KeyIndex | None = None) -> np.ndarray:
+    """For every entry, the first row of its trace in which its key appears (int32).
+
+    A ``(trace, key)`` first-row table is filled by one scatter in reverse entry order
+    (entries are in row order, and NumPy assigns repeated indices in order, so the
+    earliest row is written last) and read back by one gather. Long traces (at least
+    :data:`PER_TRACE_ENTRIES` entries on average) go one at a time through a table over
+    the raw keys; many short traces go in groups through a table over densely renumbered
+    keys (``key_index``, built from ``keys`` when not given). Both give the same result.
+
+    Args:
+        keys: entry keys (below 2^22), unique within each row.
+        entry_row: int32 row index of each entry, non-decreasing.
+        entry_ptr: CSR pointer of the entries per row.
+        trace_ptr: CSR pointer of the rows per trace.
+        key_index: optional index covering every key, for the grouped path.
+    """
+    bounds = entry_ptr[trace_ptr]
+    out = np.empty(keys.size, np.int32)
+    n_traces = bounds.size - 1
+    if keys.size == 0:
+        return out
+    entry_row = entry_row.astype(np.int32, copy=False)
+    if keys.size >= PER_TRACE_ENTRIES * max(n_traces, 1):
+        _first_rows_per_trace(keys, entry_row, bounds, out)
+    else:
+        _first_rows_grouped(keys, entry_row, bounds, out, key_index)
     return out
 
 
@@ -112,20 +158,17 @@ def novelty(rows: KeptRows, key_index: KeyIndex | None = None) -> Novelty:
 
     Keys are "seen" per response, with no window: every key present in an earlier kept row
     of the same trace is not new. ``key_index`` (covering every key of ``rows``) may be
-    shared across batches to save rebuilding it.
+    shared across batches to save rebuilding it when traces are short.
     """
-    entry_row = rows.entry_row()
     n_rows = rows.n_rows
+    entry_row = np.repeat(np.arange(n_rows, dtype=np.int32), np.diff(rows.entry_ptr))
     if rows.keys.size == 0:
-        empty = np.zeros(0, np.int64)
+        empty = np.zeros(0, np.int32)
         return Novelty(np.zeros(n_rows, np.int64), np.zeros(n_rows), empty, np.zeros(0, bool),
-                       entry_row, empty, np.zeros(0, np.uint32))
-    if key_index is None:
-        key_index = KeyIndex.build(rows.keys)
-    key_id = key_index.ids(rows.keys)
+                       entry_row)
+    first = first_rows(rows.keys, entry_row, rows.entry_ptr, rows.trace_ptr, key_index)
     # keys are unique within a kept row, so each new entry is one new key
-    first = first_rows(key_id, key_index.size, entry_row, rows.entry_ptr, rows.trace_ptr)
     is_new = first == entry_row
     new_counts = np.add.reduceat(is_new, rows.entry_ptr[:-1], dtype=np.int64)
     slopes = new_counts / rows.row_tokens
-    return Novelty(new_counts, slopes, first, is_new, entry_row, key_id, key_index.values)
+    return Novelty(new_counts, slopes, first, is_new, entry_row)

@@ -29,18 +29,28 @@ class CommandError(NexError):
     """A CLI-level input problem (a missing file, a bad option combination)."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``nex`` parser; with ``command``, only the group of the module named after it.
+
+    Registering every group costs more than a short command runs for (some groups build
+    their options from modules they import), so :func:`main` registers only the group
+    asked for when a module is named after it, and every group otherwise.
+    """
     parser = argparse.ArgumentParser(
         prog="nex", description="NEX: label-free scoring of LLM reasoning from MLP neurons.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
+    module = f"pipelines.commands.{(command or '').replace('-', '_')}"
+    for name in [module] if module in COMMAND_MODULES else COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    if command is not None and command not in sub.choices:
+        return build_parser()
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 ok, 2 bad input, 1 other failure)."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv[0] if argv else None)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -12,6 +12,8 @@ from nex_transforms import (Aggregates, CorpusError, CreditAccumulator, NexParam
                             concat_corpora, good_mass_fraction, kept_rows, learn_weights,
                             nex_score, novelty, score_corpus)
 from nex_transforms.corpus import rows_sorted_unique
+from nex_transforms.novelty import (PER_TRACE_ENTRIES, _first_rows_grouped,
+                                    _first_rows_per_trace, first_rows)
 from pipelines.synthetic import SyntheticSpec, synthetic_corpus
 
 
@@ -74,6 +76,45 @@ def test_novelty_matches_sets(seed, dupes, bad):
     assert nov.new_counts.tolist() == [w[2] for w in want]
     np.testing.assert_allclose(nov.slopes, [w[3] for w in want])
     assert rows_sorted_unique(rows.keys, rows.entry_ptr)
+
+
+def first_rows_by_loop(rows):
+    """Per entry, the first kept row of its trace holding its key, by a plain dict."""
+    out = []
+    for t in range(rows.trace_ptr.size - 1):
+        seen = {}
+        for r in range(rows.trace_ptr[t], rows.trace_ptr[t + 1]):
+            for key in rows.keys[rows.entry_ptr[r]:rows.entry_ptr[r + 1]].tolist():
+                out.append(seen.setdefault(key, r))
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10**6), n_traces=st.integers(1, 9), key_pool=st.integers(2, 40))
+def test_both_first_row_paths_match_a_loop(seed, n_traces, key_pool):
+    rows = kept_rows(small_corpus(seed, n_traces=n_traces, max_rows=9, key_pool=key_pool,
+                                  dupes=True), 1)
+    entry_row = np.repeat(np.arange(rows.n_rows, dtype=np.int32), np.diff(rows.entry_ptr))
+    bounds = rows.entry_ptr[rows.trace_ptr]
+    want = first_rows_by_loop(rows)
+    per_trace = np.empty(rows.keys.size, np.int32)
+    _first_rows_per_trace(rows.keys, entry_row, bounds, per_trace)
+    grouped = np.empty(rows.keys.size, np.int32)
+    _first_rows_grouped(rows.keys, entry_row, bounds, grouped, None)
+    assert per_trace.tolist() == want
+    assert grouped.tolist() == want
+    assert first_rows(rows.keys, entry_row, rows.entry_ptr, rows.trace_ptr).tolist() == want
+
+
+def test_first_rows_of_long_traces_take_the_per_trace_path(synthetic):
+    rows = kept_rows(synthetic, 3)
+    assert rows.keys.size >= PER_TRACE_ENTRIES * (rows.trace_ptr.size - 1)
+    nov = novelty(rows)
+    entry_row = nov.entry_row
+    bounds = rows.entry_ptr[rows.trace_ptr]
+    grouped = np.empty(rows.keys.size, np.int32)
+    _first_rows_grouped(rows.keys, entry_row, bounds, grouped, None)
+    np.testing.assert_array_equal(nov.first_row, grouped)
 
 
 @settings(max_examples=100, deadline=None)
