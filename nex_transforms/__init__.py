@@ -62,17 +62,17 @@ def trace_batches(trace_entries, batch_entries: int = DEFAULT_BATCH_ENTRIES) -> 
 
 def accumulate(corpus: RowCorpus, params: NexParams | None = None,
                batch_entries: int = DEFAULT_BATCH_ENTRIES) -> CreditAccumulator:
-    """Credit of a whole corpus, analysed in batches of traces."""
+    """Credit of a whole corpus, analysed in batches of traces.
+
+    Each batch indexes only the keys it needs (its credited keys; all its keys when its
+    traces are short): cheaper than one index of every key of the corpus.
+    """
     params = params or NexParams()
-    keys = corpus.keys
-    if keys.size and keys.max() >= KEY_SPACE:
-        keys = keys[keys < KEY_SPACE]
-    key_index = KeyIndex.build(keys)
     parts = []
     per_trace = np.diff(corpus.row_entry_ptr[corpus.trace_row_ptr])
     for start, stop in trace_batches(per_trace, batch_entries):
         part = corpus.slice_traces(start, stop)
-        parts.append(CreditAccumulator.empty().add(part, params, key_index))
+        parts.append(CreditAccumulator.empty().add(part, params))
     return CreditAccumulator.merge_all(parts)
 
 
