@@ -73,7 +73,8 @@ def register(subparsers) -> None:
                     "store's response texts against its reference answers, or --labels), "
                     "then write to --report: best-of-N accuracy per selector (NEX, the "
                     "baselines, random, majority and NEX-weighted vote) with bootstrap "
-                    "intervals over prompts, AUROC per score, accuracy across models, the "
+                    "intervals over prompts, AUROC per score, accuracy across models (on the "
+                    "prompts every model has), the "
                     "inverted-U, E/X phase plots (when scored with --phases), as report.md, "
                     "report.html (self-contained), report.json, grades.parquet and plots/*.png.")
     p.add_argument("tables", nargs="+", help="tables folders written by `nex score`")
