@@ -18,6 +18,9 @@ from . import plots
 from .grading import EvaluationError
 
 REPORT_FILES = ("report.json", "report.md", "report.html", "grades.parquet")
+#: Column headers of the across-model table where the value is not the selector's name
+#: (values are plain means; "low entropy" ranks by the negated mean entropy).
+MODEL_SCORE_HEADERS = {"NEX": "NEX (mean GMF)", "low entropy": "mean entropy"}
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -154,7 +157,9 @@ def _markdown(result: dict, made: dict) -> str:
         if across["note"]:
             lines += [f"**{across['note']}**", ""]
         lines += ["| model | prompts used / all | responses used / all | prompts left out | "
-                  "responses left out | accuracy | " + " | ".join(across["model_scores"]) + " |",
+                  "responses left out | accuracy | "
+                  + " | ".join(MODEL_SCORE_HEADERS.get(n, n) for n in across["model_scores"])
+                  + " |",
                   "| --- |" + " --- |" * (5 + len(across["model_scores"]))]
         for k, model in enumerate(across["models"]):
             c = across["counts"][model]
