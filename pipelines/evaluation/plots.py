@@ -214,6 +214,11 @@ def plot_across_models(across: dict, path: Path) -> Path:
         spearman, kendall = _floats([entry["spearman"], entry["kendall"]])
         ax.set_title(f"Spearman {spearman:.2f}, Kendall {kendall:.2f}", fontsize=7)
     axes[0, 0].set_ylabel("accuracy")
+    title = (f"accuracy against model-level scores on the {len(across['shared_prompts'])} "
+             "prompts every model has")
+    if len(across["models"]) == 2:
+        title += " (two models: correlations can only be +1, -1 or undefined)"
+    fig.suptitle(title, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
