@@ -118,10 +118,6 @@ def load_eval_data(tables_dirs: list[str | Path], labels: str | Path | None = No
     return EvalData(merged, models, phases, sources, all_grades)
 
 
-def _numeric(values) -> np.ndarray:
-    return np.array([np.nan if v is None else float(v) for v in values], dtype=float)
-
-
 def _prompt_groups(data: dict, model: str) -> list[dict]:
     """Per prompt of ``model`` with every response evaluable: its oriented scores,
     correctness (0/1, no answer = 0), answers and GMFs."""
