@@ -6,10 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nex_transforms import RowCorpus, analyse
 from pipelines import tables
+from pipelines.synthetic import SyntheticSpec, synthetic_corpus
 from pipelines.evaluation.evaluate import phase_examples
 from pipelines.evaluation.plots import cycle_spans, example_cycles
 from pipelines.rows_cache import read_rows_cache
@@ -158,3 +160,31 @@ def test_phase_plot_has_a_legend_for_credited_and_uncredited_cycles(tmp_path):
     assert plots.phase_legend([old])[2:] == ["cycle (credit not recorded in these tables)"]
     path = plots.plot_phases("m", [example, old], tmp_path / "phases.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10**6), n_traces=st.integers(1, 12))
+def test_columns_agree_with_the_core_counts_on_any_corpus(seed, n_traces):
+    """Per response: the cycles in the columns are the core's trace_cycles, the credited
+    ones its trace_effective + trace_redundant; cycles are consecutive runs of rows."""
+    corpus = synthetic_corpus(SyntheticSpec(n_traces=n_traces, min_rows=2, max_rows=60,
+                                            keys_per_row=40, seed=seed))
+    analysis = analyse(corpus)
+    columns = phases_of(corpus, analysis)
+    cycles, flags = core_row_credit(analysis)
+    np.testing.assert_array_equal(columns["cycle"], cycles)
+    np.testing.assert_array_equal(columns["credited"], flags)
+    credit = analysis.credit
+    trace_ids = np.asarray(columns["trace_id"], dtype=object)
+    for t in range(n_traces):
+        mine = trace_ids == f"t{t}"
+        cycle, credited = columns["cycle"][mine], columns["credited"][mine]
+        present = sorted(set(cycle[cycle >= 0].tolist()))
+        assert present == list(range(int(credit.trace_cycles[t])))
+        assert len(set(cycle[credited].tolist())) == int(credit.trace_effective[t]
+                                                        + credit.trace_redundant[t])
+        # each cycle is one contiguous block of rows, and its rows agree on credit
+        for c in present:
+            where = np.flatnonzero(cycle == c)
+            assert where[-1] - where[0] + 1 == where.size
+            assert len(set(credited[where].tolist())) == 1
