@@ -24,6 +24,12 @@ class CycleCredit:
         trace_cycles, trace_effective, trace_redundant: per trace counts of cycles,
             effective cycles and redundant cycles.
         trace_explore_rows: per trace number of kept rows labelled E.
+        row_cycle: per kept row, the batch-wide index of the cycle it belongs to (its E
+            run or the X run after it), -1 for rows in no cycle. Cycles are numbered in
+            row order, so a trace's cycles are consecutive.
+        cycle_credited: per cycle, whether it earned credit (effective or redundant).
+        cycle_effective: per cycle, whether its credit is effective.
+        (The last three are empty arrays when built without them.)
     """
 
     keys: np.ndarray
@@ -33,6 +39,9 @@ class CycleCredit:
     trace_effective: np.ndarray
     trace_redundant: np.ndarray
     trace_explore_rows: np.ndarray
+    row_cycle: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    cycle_credited: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    cycle_effective: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
 
 
 def cycle_credit(rows: KeptRows, nov: Novelty, seg: Segmentation, params: NexParams,
@@ -125,6 +134,9 @@ def cycle_credit(rows: KeptRows, nov: Novelty, seg: Segmentation, params: NexPar
         trace_effective=np.bincount(cycle_trace[effective], minlength=n_traces),
         trace_redundant=np.bincount(cycle_trace[redundant], minlength=n_traces),
         trace_explore_rows=np.bincount(row_trace[explore], minlength=n_traces),
+        row_cycle=row_cycle.astype(np.int64),
+        cycle_credited=credited.astype(bool),
+        cycle_effective=effective.astype(bool),
     )
 
 

@@ -39,7 +39,8 @@ from nex_transforms.baselines import BASELINES
 from nex_transforms.params import KEY_SPACE, UNIT_BITS
 
 #: Version of the table layout below (recorded in run.json and Parquet metadata).
-TABLES_SCHEMA_VERSION = 1
+#: 2: the phases table gained ``cycle`` and ``credited``.
+TABLES_SCHEMA_VERSION = 2
 RUN_JSON = "run.json"
 #: On object storage: the small object, written last, that names the current version.
 POINTER = "_NEX_TABLES.json"
@@ -104,6 +105,8 @@ def _schemas() -> dict:
             pa.field("novelty_slope", pa.float64()),
             pa.field("z", pa.float64()),
             pa.field("label", pa.string()),
+            pa.field("cycle", pa.int64()),
+            pa.field("credited", pa.bool_()),
         ]),
     }
 
@@ -373,28 +376,54 @@ def concat_columns(parts: list[dict]) -> dict:
 
 def phase_columns(trace_ids, model_ids, parts: list) -> dict:
     """Columns of the phases table for a batch of traces, one row per kept row in trace
-    order: trace_id, model_id, row, novelty_slope, z, label (``E``/``X``).
+    order: trace_id, model_id, row, novelty_slope, z, label (``E``/``X``), cycle (index
+    of the row's E->X cycle within its response, -1 for a row in no cycle) and credited
+    (whether that cycle earned credit).
 
-    ``parts`` holds ``(trace, row, slope, z, explore)`` arrays (trace positions in
-    ``trace_ids``), one tuple per calibration key analysed."""
+    ``parts`` holds ``(trace, row, slope, z, explore, cycle, credited)`` arrays (trace
+    positions in ``trace_ids``), one tuple per calibration key analysed: see
+    :func:`phase_part`."""
     if parts:
         trace = np.concatenate([p[0] for p in parts])
         row = np.concatenate([p[1] for p in parts])
         order = np.lexsort((row, trace))
         trace, row = trace[order], row[order]
-        slope = np.concatenate([p[2] for p in parts])[order]
-        z = np.concatenate([p[3] for p in parts])[order]
-        explore = np.concatenate([p[4] for p in parts])[order]
+        slope, z, explore, cycle, credited = (np.concatenate([p[k] for p in parts])[order]
+                                              for k in range(2, 7))
     else:
-        trace = row = np.zeros(0, np.int64)
+        trace = row = cycle = np.zeros(0, np.int64)
         slope = z = np.zeros(0)
-        explore = np.zeros(0, bool)
+        explore = credited = np.zeros(0, bool)
     ids = np.asarray(trace_ids, dtype=object)
     models = np.asarray(model_ids, dtype=object)
     return {"trace_id": ids[trace].tolist(), "model_id": models[trace].tolist(),
             "row": row.astype(np.int64), "novelty_slope": slope.astype(np.float64),
             "z": z.astype(np.float64),
-            "label": np.where(explore, "E", "X").tolist()}
+            "label": np.where(explore, "E", "X").tolist(),
+            "cycle": cycle.astype(np.int64), "credited": credited.astype(bool)}
+
+
+def phase_part(positions: np.ndarray, trace_row_ptr: np.ndarray, analysis) -> tuple:
+    """One ``parts`` entry of :func:`phase_columns` from a core
+    :class:`~nex_transforms.TraceAnalysis` of the traces at ``positions`` (whose rows start
+    at ``trace_row_ptr``): per kept row its trace position, row index in its response,
+    novelty slope, z, E label, cycle index within the response and the core's verdict on
+    whether that cycle was credited (``CycleCredit.cycle_credited``, not recomputed)."""
+    rows = analysis.rows
+    credit = analysis.credit
+    row_trace = rows.row_trace()
+    row_cycle = np.asarray(credit.row_cycle, np.int64)
+    if row_cycle.size != row_trace.size:
+        raise TablesError(f"phases: expected a cycle per kept row ({row_trace.size}), "
+                          f"got {row_cycle.size}")
+    first = np.concatenate([[0], np.cumsum(credit.trace_cycles)])[:-1]
+    in_cycle = row_cycle >= 0
+    cycle = np.where(in_cycle, row_cycle - first[row_trace], -1)
+    credited = np.zeros(row_cycle.size, bool)
+    credited[in_cycle] = np.asarray(credit.cycle_credited, bool)[row_cycle[in_cycle]]
+    return (positions[row_trace], rows.row_index - trace_row_ptr[row_trace],
+            analysis.novelty.slopes, analysis.segmentation.z, analysis.segmentation.explore,
+            cycle, credited)
 
 
 # --------------------------------------------------------------------------- atomic output
@@ -690,6 +719,6 @@ def write_run_json(staging: Path, plan, engine: str, engine_info: dict, timings:
 
 
 __all__ = ["BASELINES", "RUN_JSON", "TABLES_SCHEMA_VERSION", "TABLE_NAMES", "TableWriter",
-           "TablesError", "POINTER", "concat_columns", "is_url", "model_columns", "neuron_columns", "phase_columns", "read_run",
+           "TablesError", "POINTER", "concat_columns", "is_url", "model_columns", "neuron_columns", "phase_columns", "phase_part", "read_run",
            "read_table", "schema", "staged_output", "clean_leftovers", "table_path", "to_table",
            "weights_from_neurons", "write_run_json", "write_table"]

@@ -27,6 +27,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         warning = entry["coverage"]["warning"]
         if warning:
             print(f"nex: warning: {warning}", file=sys.stderr)
+    across = result["across_models"]
+    if across and across["message"]:
+        print(f"nex: warning: {across['message']}", file=sys.stderr)
     if args.json:
         print(json.dumps(result, sort_keys=True))
         return 0
@@ -41,6 +44,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
             picks = ", ".join(f"{name} {_number(series['accuracy'][-1])}"
                               for name, series in best.items())
             line += f"; best-of-{n}: {picks}"
+        print(line)
+    if across and not across["message"]:
+        used = ", ".join(f"{m} {c['n_responses_used']} of {c['n_responses']} responses"
+                         for m, c in across["counts"].items())
+        nex = across["scores"].get("NEX")
+        line = (f"across {len(across['models'])} models on {len(across['shared_prompts'])} "
+                f"shared prompts ({used}): accuracy "
+                + ", ".join(f"{m} {_number(a)}" for m, a in zip(across["models"],
+                                                               across["accuracy"])))
+        if nex:
+            line += f"; NEX top-ranks {nex['top_ranked']}"
         print(line)
     print(f"report written to {summary['report_dir']} (report.md, report.html, report.json, "
           f"grades.parquet, {len(summary['plots'])} plots)")
@@ -59,7 +73,8 @@ def register(subparsers) -> None:
                     "store's response texts against its reference answers, or --labels), "
                     "then write to --report: best-of-N accuracy per selector (NEX, the "
                     "baselines, random, majority and NEX-weighted vote) with bootstrap "
-                    "intervals over prompts, AUROC per score, accuracy across models, the "
+                    "intervals over prompts, AUROC per score, accuracy across models (on the "
+                    "prompts every model has), the "
                     "inverted-U, E/X phase plots (when scored with --phases), as report.md, "
                     "report.html (self-contained), report.json, grades.parquet and plots/*.png.")
     p.add_argument("tables", nargs="+", help="tables folders written by `nex score`")

@@ -83,12 +83,7 @@ def analyse_unit(store, unit: WorkUnit, config: ScoreConfig) -> UnitResult:
         if config.calibration != "weights":
             credit[key] = CreditAccumulator.empty().add_analysis(analysis)
         if config.phases:
-            rows = analysis.rows
-            row_trace = rows.row_trace()
-            phase_parts.append((positions[row_trace],
-                                rows.row_index - sub.trace_row_ptr[row_trace],
-                                analysis.novelty.slopes, analysis.segmentation.z,
-                                analysis.segmentation.explore))
+            phase_parts.append(tables.phase_part(positions, sub.trace_row_ptr, analysis))
     stats = {name: unit.meta[name] for name in ("trace_id", "prompt_id", "model_id")}
     stats["sample_index"] = np.asarray(unit.meta["sample_index"], np.int64)
     stats["n_rows"] = np.asarray(unit.meta["n_rows"], np.int64)

@@ -118,10 +118,6 @@ def load_eval_data(tables_dirs: list[str | Path], labels: str | Path | None = No
     return EvalData(merged, models, phases, sources, all_grades)
 
 
-def _numeric(values) -> np.ndarray:
-    return np.array([np.nan if v is None else float(v) for v in values], dtype=float)
-
-
 def _prompt_groups(data: dict, model: str) -> list[dict]:
     """Per prompt of ``model`` with every response evaluable: its oriented scores,
     correctness (0/1, no answer = 0), answers and GMFs."""
@@ -136,7 +132,7 @@ def _prompt_groups(data: dict, model: str) -> list[dict]:
         if any(s == "no_reference" for s in statuses):
             continue
         correct = np.array([1.0 if data["correct"][i] else 0.0 for i in rows])
-        group = {"prompt_id": prompt, "correct": correct,
+        group = {"prompt_id": prompt, "index": np.asarray(rows, np.int64), "correct": correct,
                  "answers": [data["answer"][i] for i in rows],
                  "gmf": np.asarray(data["gmf"][rows], dtype=float)}
         for selector in SCORE_SELECTORS:
@@ -204,34 +200,100 @@ def _model_accuracy(groups: list[dict]) -> float:
     return float(np.mean(np.concatenate([g["correct"] for g in groups])))
 
 
-def across_models(models: list[dict], accuracy: dict[str, float]) -> dict | None:
-    """Accuracy against each model-level score: Spearman, Kendall, and whether the
-    top-ranked model is the most accurate. None with fewer than 2 gradable models."""
-    rows = [m for m in models if np.isfinite(accuracy.get(m["model"], np.nan))]
-    if len(rows) < 2:
+#: Model-level scores compared across models: name -> (response column, orientation).
+MODEL_SCORES = {"NEX": ("gmf", 1.0),
+                **{s.name: (s.column, s.sign) for s in SCORE_SELECTORS[1:]}}
+
+TWO_MODELS_NOTE = ("With two models, Spearman and Kendall can only be +1, -1 or undefined "
+                   "(a tie): they say whether the two orderings agree, not how strongly a "
+                   "score tracks accuracy.")
+
+
+def shared_prompts(data: dict, models: list[str]) -> dict:
+    """The prompts every model in ``models`` has (by prompt id, among each model's
+    evaluable prompts: every response has a reference), and on each the same number of
+    samples: the smallest number any model has for that prompt, taking each model's
+    responses with the lowest sample indices. Returns the kept response indices per model
+    and what was kept and left out."""
+    groups = {m: {g["prompt_id"]: g for g in _prompt_groups(data, m)} for m in models}
+    shared = sorted(set.intersection(*(set(g) for g in groups.values()))) if groups else []
+    samples = {p: min(groups[m][p]["index"].size for m in models) for p in shared}
+    kept, counts = {}, {}
+    for m in models:
+        member = data["model"] == m
+        kept[m] = (np.concatenate([groups[m][p]["index"][:samples[p]] for p in shared])
+                   if shared else np.zeros(0, np.int64))
+        n_responses = int(member.sum())
+        n_prompts = len(set(data["prompt_id"][member].tolist()))
+        counts[m] = {"n_prompts": n_prompts, "n_responses": n_responses,
+                     "n_prompts_used": len(shared), "n_responses_used": int(kept[m].size),
+                     "n_prompts_left_out": n_prompts - len(shared),
+                     "n_responses_left_out": n_responses - int(kept[m].size)}
+    per_prompt = list(samples.values())
+    return {"prompts": shared, "responses": kept, "counts": counts,
+            "samples_min": min(per_prompt) if per_prompt else 0,
+            "samples_max": max(per_prompt) if per_prompt else 0}
+
+
+def across_models(data: dict, models: list[str]) -> dict | None:
+    """Accuracy against each model-level score on the prompts every model shares
+    (:func:`shared_prompts`): model-level NEX (mean GMF) and each baseline's mean over the
+    same responses, Spearman, Kendall, and whether the top-ranked model is the most
+    accurate. None with fewer than 2 gradable models; with no shared prompt, a message
+    and no scores."""
+    gradable = [m for m in models if _prompt_groups(data, m)]
+    if len(gradable) < 2:
         return None
-    acc = np.array([accuracy[m["model"]] for m in rows])
-    scores = {"NEX": ("nex", 1.0)}
-    scores.update({s.name: (s.column, s.sign) for s in SCORE_SELECTORS[1:]})
-    out = {"models": [m["model"] for m in rows], "accuracy": acc.tolist(), "scores": {}}
-    for name, (column, sign) in scores.items():
-        values = sign * _numeric([m.get(column) for m in rows])
+    shared = shared_prompts(data, gradable)
+    out = {"models": gradable, "shared_prompts": shared["prompts"],
+           "samples_min": shared["samples_min"], "samples_max": shared["samples_max"],
+           "counts": shared["counts"], "accuracy": [], "model_scores": {}, "scores": {},
+           "message": None, "note": TWO_MODELS_NOTE if len(gradable) == 2 else None}
+    if not shared["prompts"]:
+        out["message"] = (f"across models: expected prompts shared by all {len(gradable)} "
+                          f"models ({', '.join(gradable)}), got none: no model-level "
+                          "comparison")
+        return out
+    correct = np.array([1.0 if c else 0.0 for c in data["correct"]])
+    kept = shared["responses"]
+    acc = np.array([correct[kept[m]].mean() for m in gradable])
+    out["accuracy"] = acc.tolist()
+    for name, (column, sign) in MODEL_SCORES.items():
+        values = np.array([_nanmean(np.asarray(data[column][kept[m]], float))
+                           for m in gradable])
+        out["model_scores"][name] = values.tolist()
+        values = sign * values
         if not np.isfinite(values).all():
             continue
         top = int(np.argmax(values))
         out["scores"][name] = {
             "values": values.tolist(), "spearman": st.spearman(values, acc),
             "kendall": st.kendall_tau_b(values, acc),
-            "top_ranked": rows[top]["model"],
+            "top_ranked": gradable[top],
             "top_ranked_is_most_accurate": bool(acc[top] == acc.max()),
         }
     return out
 
 
+def _nanmean(values: np.ndarray) -> float:
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if finite.size else float("nan")
+
+
+def _credited_cycles(rows: list[dict]) -> set | None:
+    """Cycle indices the phases table marks credited; None for tables written before the
+    ``cycle``/``credited`` columns (schema 1: read back as nulls)."""
+    if any(r.get("cycle") is None or r.get("credited") is None for r in rows):
+        return None
+    return {r["cycle"] for r in rows if r["cycle"] >= 0 and r["credited"]}
+
+
 def phase_examples(phases: list[dict], data: dict, model: str, limit: int = MAX_PHASE_EXAMPLES
                    ) -> list[dict]:
-    """Up to ``limit`` traces of ``model`` with the most cycles, from the phases table:
-    per kept row its index, novelty slope and E/X label."""
+    """Up to ``limit`` traces of ``model`` from the phases table: those with the most
+    credited cycles first (when any response has one), then the most cycles. Per kept row
+    its index, novelty slope, E/X label, cycle index (-1: none) and whether that cycle was
+    credited (None for phases tables that predate those columns)."""
     by_trace: dict[str, list[dict]] = {}
     for row in phases:
         if row["model"] == model:
@@ -239,14 +301,20 @@ def phase_examples(phases: list[dict], data: dict, model: str, limit: int = MAX_
     if not by_trace:
         return []
     index = {t: i for i, t in enumerate(data["trace_id"])}
-    ranked = sorted(by_trace, key=lambda t: (-data["n_cycles"][index[t]], t))[:limit]
+    credited = {t: _credited_cycles(rows) for t, rows in by_trace.items()}
+    ranked = sorted(by_trace, key=lambda t: (-len(credited[t] or ()),
+                                             -data["n_cycles"][index[t]], t))[:limit]
     out = []
     for trace in ranked:
         rows = sorted(by_trace[trace], key=lambda r: r["row"])
         i = index[trace]
+        recorded = credited[trace] is not None
         out.append({"trace_id": trace, "row": [r["row"] for r in rows],
                     "novelty_slope": [r["novelty_slope"] for r in rows],
                     "label": "".join(r["label"] for r in rows),
+                    "cycle": [r["cycle"] for r in rows] if recorded else None,
+                    "credited": [bool(r["credited"]) for r in rows] if recorded else None,
+                    "credited_cycles": sorted(credited[trace]) if recorded else None,
                     "n_cycles": int(data["n_cycles"][i]),
                     "n_effective_cycles": int(data["n_effective_cycles"][i]),
                     "n_redundant_cycles": int(data["n_redundant_cycles"][i]),
@@ -305,7 +373,7 @@ def evaluate(data: EvalData, seed: int = 0, n_boot: int = 1000, n_bins: int = 5)
         }
         entry["phase_examples"] = phase_examples(data.phases, responses, model)
         result["models"][model] = entry
-    result["across_models"] = across_models(data.models, accuracy)
+    result["across_models"] = across_models(responses, model_names)
     result["model_table"] = [
         {"model": m["model"], "model_id": m["model_id"], "tables": m["tables"],
          "accuracy": accuracy.get(m["model"]), "nex": m["nex"], "log_gap": m["log_gap"],

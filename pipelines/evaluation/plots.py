@@ -126,8 +126,37 @@ def cycle_spans(labels: str) -> list[tuple[int, int, int]]:
             if runs[i][0] == "E" and runs[i + 1][0] == "X"]
 
 
+def example_cycles(example: dict) -> list[tuple[int, int, bool | None]]:
+    """Cycles of a phase example as (first position, last position, credited): from the
+    phases table's ``cycle``/``credited`` columns, or (tables that predate them) from the
+    labels with credit unknown (None)."""
+    if example.get("cycle") is None:
+        return [(e, stop - 1, None) for e, _, stop in cycle_spans(example["label"])]
+    spans: dict[int, list[int]] = {}
+    for position, cycle in enumerate(example["cycle"]):
+        if cycle >= 0:
+            spans.setdefault(cycle, []).append(position)
+    return [(min(p), max(p), bool(example["credited"][p[0]]))
+            for _, p in sorted(spans.items())]
+
+
+#: Colour and legend text of a cycle by its credit (None: not recorded in the tables).
+CYCLE_STYLE = {True: ("tab:green", "credited cycle"), False: ("tab:gray", "uncredited cycle"),
+               None: ("tab:purple", "cycle (credit not recorded in these tables)")}
+
+
+def phase_legend(examples: list[dict]) -> list[str]:
+    """Legend entries of :func:`plot_phases` for these examples, in order."""
+    used = {credited for example in examples for *_, credited in example_cycles(example)}
+    return ["novelty slope", "E rows"] + [CYCLE_STYLE[k][1] for k in (True, False, None)
+                                          if k in used]
+
+
 def plot_phases(model: str, examples: list[dict], path: Path) -> Path:
     plt = _pyplot()
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
     fig, axes = plt.subplots(len(examples), 1, figsize=(8, 2.2 * len(examples)), squeeze=False)
     for ax, example in zip(axes[:, 0], examples):
         rows, slopes, labels = example["row"], example["novelty_slope"], example["label"]
@@ -136,18 +165,36 @@ def plot_phases(model: str, examples: list[dict], path: Path) -> Path:
             if label == "E":
                 ax.axvspan(rows[position] - 0.5, rows[position] + 0.5, color="tab:orange",
                            alpha=0.25, linewidth=0)
-        for e_start, x_start, _ in cycle_spans(labels):
-            ax.axvline(rows[e_start] - 0.5, color="tab:green", linewidth=1.2)
-            ax.axvline(rows[x_start] - 0.5, color="tab:blue", linewidth=0.8, linestyle=":")
+        for number, (first, last, credited) in enumerate(example_cycles(example)):
+            colour, _ = CYCLE_STYLE[credited]
+            # a bar over the cycle's rows above the panel (alternating heights and a gap,
+            # so neighbouring cycles stay apart), and a line where the cycle starts
+            height = 1.03 if number % 2 else 1.07
+            ax.plot([rows[first] - 0.3, rows[last] + 0.3], [height, height], color=colour,
+                    linewidth=4 if credited else 2, solid_capstyle="butt",
+                    linestyle="-" if credited else (0, (3, 1.5)),
+                    transform=ax.get_xaxis_transform(), clip_on=False)
+            ax.axvline(rows[first] - 0.5, color=colour, linewidth=1.4 if credited else 0.8,
+                       linestyle="-" if credited else "--")
         verdict = {True: "correct", False: "wrong", None: example.get("status", "")}[
             example["correct"] if example["correct"] in (True, False) else None]
+        credited_text = ("" if example.get("credited_cycles") is None
+                         else f", credited: {len(example['credited_cycles'])}")
         ax.set_title(f"{example['trace_id']}: {example['n_cycles']} cycles "
                      f"({example['n_effective_cycles']} effective, "
-                     f"{example['n_redundant_cycles']} redundant), GMF {_floats([example['gmf']])[0]:.3f}, "
-                     f"{verdict}", fontsize=8)
+                     f"{example['n_redundant_cycles']} redundant{credited_text}), "
+                     f"GMF {_floats([example['gmf']])[0]:.3f}, {verdict}", fontsize=8, pad=14)
         ax.set_ylabel("novelty slope", fontsize=7)
-    axes[-1, 0].set_xlabel("row (E rows shaded; green line: a cycle starts; "
-                           "dotted: its X run starts)", fontsize=8)
+    handles = [Line2D([], [], color="black", marker=".", linewidth=1, label="novelty slope"),
+               Patch(color="tab:orange", alpha=0.25, label="E rows")]
+    styles = {text: (colour, k) for k, (colour, text) in CYCLE_STYLE.items()}
+    handles += [Line2D([], [], color=styles[text][0], linewidth=4 if styles[text][1] else 2,
+                       linestyle="-" if styles[text][1] else "--", label=text)
+                for text in phase_legend(examples)[2:]]
+    axes[0, 0].legend(handles=handles, fontsize=7, loc="upper left",
+                      bbox_to_anchor=(1.01, 1.0))
+    axes[-1, 0].set_xlabel("row (bar above a panel and line: one E->X cycle, from its E run "
+                           "to the end of its X run)", fontsize=8)
     fig.suptitle(f"{model}: E/X phases of example responses", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -167,6 +214,11 @@ def plot_across_models(across: dict, path: Path) -> Path:
         spearman, kendall = _floats([entry["spearman"], entry["kendall"]])
         ax.set_title(f"Spearman {spearman:.2f}, Kendall {kendall:.2f}", fontsize=7)
     axes[0, 0].set_ylabel("accuracy")
+    title = (f"accuracy against model-level scores on the {len(across['shared_prompts'])} "
+             "prompts every model has")
+    if len(across["models"]) == 2:
+        title += " (two models: correlations can only be +1, -1 or undefined)"
+    fig.suptitle(title, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -18,6 +18,9 @@ from . import plots
 from .grading import EvaluationError
 
 REPORT_FILES = ("report.json", "report.md", "report.html", "grades.parquet")
+#: Column headers of the across-model table where the value is not the selector's name
+#: (values are plain means; "low entropy" ranks by the negated mean entropy).
+MODEL_SCORE_HEADERS = {"NEX": "NEX (mean GMF)", "low entropy": "mean entropy"}
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -139,8 +142,34 @@ def _markdown(result: dict, made: dict) -> str:
     lines += ["## Across models", ""]
     if not across:
         lines += ["Fewer than two gradable models: no ranking of models.", ""]
+    elif across["message"]:
+        lines += [f"**{across['message']}**", ""]
     else:
-        lines += ["| score | Spearman | Kendall | top-ranked model | most accurate? |",
+        samples = (str(across["samples_min"]) if across["samples_min"] == across["samples_max"]
+                   else f"{across['samples_min']}-{across['samples_max']}")
+        lines += [f"Computed on the {len(across['shared_prompts'])} prompts every model has "
+                  f"(by prompt id, each with a reference answer), {samples} samples per prompt "
+                  "(on each prompt the smallest number any model has, each model's lowest "
+                  "sample indices). Model-level NEX is the mean GMF and each baseline the mean "
+                  "of its response values over exactly these responses; each model's GMFs come "
+                  "from its own tables (weights learned on all its responses). The per-model "
+                  "sections above use all of each model's prompts.", ""]
+        if across["note"]:
+            lines += [f"**{across['note']}**", ""]
+        lines += ["| model | prompts used / all | responses used / all | prompts left out | "
+                  "responses left out | accuracy | "
+                  + " | ".join(MODEL_SCORE_HEADERS.get(n, n) for n in across["model_scores"])
+                  + " |",
+                  "| --- |" + " --- |" * (5 + len(across["model_scores"]))]
+        for k, model in enumerate(across["models"]):
+            c = across["counts"][model]
+            scores = " | ".join(_fmt(v[k], 5 if name == "NEX" else 3)
+                                for name, v in across["model_scores"].items())
+            lines.append(f"| {model} | {c['n_prompts_used']} / {c['n_prompts']} | "
+                         f"{c['n_responses_used']} / {c['n_responses']} | "
+                         f"{c['n_prompts_left_out']} | {c['n_responses_left_out']} | "
+                         f"{_fmt(across['accuracy'][k])} | {scores} |")
+        lines += ["", "| score | Spearman | Kendall | top-ranked model | most accurate? |",
                   "| --- | --- | --- | --- | --- |"]
         for name, s in across["scores"].items():
             lines.append(f"| {name} | {_fmt(s['spearman'])} | {_fmt(s['kendall'])} | "
@@ -148,6 +177,8 @@ def _markdown(result: dict, made: dict) -> str:
         lines.append("")
         for caption, rel in made.get("__across__", []):
             lines += [f"![{caption}]({rel})", ""]
+    lines += ["Each model's own tables, all of its prompts (NEX and the baselines from its "
+              "models table):", ""]
     lines += ["| model | accuracy | NEX | log-gap | mean entropy | self-certainty | log-prob | "
               "DeepConf mean | DeepConf lowest |", "| --- |" + " --- |" * 8]
     for m in result["model_table"]:

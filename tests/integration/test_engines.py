@@ -144,6 +144,14 @@ def test_phases_are_the_core_labels(store, local):
     assert "".join(r["label"] for r in mine).replace("X", "x") == analysis.labels(0)
     np.testing.assert_allclose([r["z"] for r in mine], analysis.segmentation.z)
     assert [r["row"] for r in mine] == list(analysis.rows.row_index)
+    # cycle within the response and the core's own credit verdict for it
+    credit = analysis.credit
+    assert [r["cycle"] for r in mine] == credit.row_cycle.tolist()
+    assert [r["credited"] for r in mine] == [
+        bool(c >= 0 and credit.cycle_credited[c]) for c in credit.row_cycle]
+    credited = {r["cycle"] for r in phases.to_pylist() if r["credited"]
+                and r["trace_id"] == trace}
+    assert len(credited) == int(credit.trace_effective[0] + credit.trace_redundant[0])
 
 
 # --------------------------------------------------------------------------- Beam

@@ -38,18 +38,20 @@ from pipelines.tables import read_table  # noqa: E402
 
 FILLER = [w for w in WORDS if not any(ch.isdigit() for ch in w) and w not in "=+-*/.,?!"]
 N_PROMPTS, N_SAMPLES, ROW_SIZE = 6, 4, 4
+SHIFT = {"llama": 0, "qwen2": 2}   # first prompt of each model's prompt set
+SHARED = ["q2", "q3", "q4"]
 
 
-def write_inputs(folder: Path, seed: int) -> tuple[Path, Path]:
-    """Prompts with answers (the last prompt has none) and teacher-forced responses of
-    varied length: some right, some wrong, some without any answer."""
+def write_inputs(folder: Path, seed: int, first: int = 0) -> tuple[Path, Path]:
+    """Prompts q<first> ... with answers (the last prompt has none) and teacher-forced
+    responses of varied length: some right, some wrong, some without any answer."""
     rng = random.Random(seed)
     prompts = folder / "prompts.jsonl"
     responses = folder / "responses.jsonl"
     with open(prompts, "w") as p, open(responses, "w") as r:
-        for i in range(N_PROMPTS):
+        for i in range(first, first + N_PROMPTS):
             row = {"id": f"q{i}", "prompt": f"what is {i} plus {i} ?"}
-            if i < N_PROMPTS - 1:
+            if i < first + N_PROMPTS - 1:
                 row["answer"] = str(2 * i)
             p.write(json.dumps(row) + "\n")
             for s in range(N_SAMPLES):
@@ -67,12 +69,13 @@ def write_inputs(folder: Path, seed: int) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def scored(tmp_path_factory) -> dict:
     """Two tiny models, each captured (teacher-forced) into its own store and scored with
-    --phases into its own tables folder."""
+    --phases into its own tables folder. Their prompt sets overlap: q0-q5 and q2-q7 (the
+    last of each without a reference), so they share q2-q4."""
     root = tmp_path_factory.mktemp("eval")
     tables = []
     for number, arch in enumerate(("llama", "qwen2")):
         model = build_tiny_model(root / f"model-{arch}", arch, seed=number)
-        prompts, responses = write_inputs(root, seed=number)
+        prompts, responses = write_inputs(root, seed=number, first=SHIFT[arch])
         store = root / f"store-{arch}"
         assert main(["capture", "--model", str(model), "--prompts", str(prompts),
                      "--responses", str(responses), "--out", str(store), "--row-size",
@@ -153,6 +156,7 @@ def test_every_number_recomputed_from_the_tables(scored):
     assert result == json.loads(json.dumps(summary["result"]))
     grades = {g["trace_id"]: g for g in read_table_rows(report / "grades.parquet")}
     accuracy = {}
+    evaluated_of = {}
     for tables in scored["tables"]:
         responses = read_table(tables, "responses").to_pylist()
         models = read_table(tables, "models").to_pylist()
@@ -175,6 +179,7 @@ def test_every_number_recomputed_from_the_tables(scored):
             assert d[f"n_{status}"] == sum(r["status"] == status for r in responses)
         assert d["n_no_reference"] == N_SAMPLES and d["n_no_answer"] > 0
         assert d["n_correct"] == sum(bool(r["correct"]) for r in responses)
+        evaluated_of[model] = evaluated
         flat = [r for rs in evaluated.values() for r in rs]
         correct = np.array([1.0 if r["correct"] else 0.0 for r in flat])
         assert 0 < correct.sum() < len(correct)
@@ -245,17 +250,39 @@ def test_every_number_recomputed_from_the_tables(scored):
             assert example["row"] == [p["row"] for p in rows]
             assert example["novelty_slope"] == pytest.approx([p["novelty_slope"] for p in rows])
             assert example["label"] == "".join(p["label"] for p in rows)
+            assert example["cycle"] == [p["cycle"] for p in rows]
+            assert example["credited"] == [p["credited"] for p in rows]
+        # examples: most credited cycles first, then most cycles (from the phases table)
+        n_cycles = {r["trace_id"]: r["n_cycles"] for r in responses}
+        credited = {t: len({p["cycle"] for p in phases if p["trace_id"] == t and p["credited"]})
+                    for t in n_cycles}
+        order = sorted({p["trace_id"] for p in phases},
+                       key=lambda t: (-credited[t], -n_cycles[t], t))[:4]
+        assert [e["trace_id"] for e in entry["phase_examples"]] == order
+        assert [len(e["credited_cycles"]) for e in entry["phase_examples"]] == \
+            [credited[t] for t in order]
         # model table
         (row,) = [m for m in result["model_table"] if m["model"] == model]
         assert nan_if_none(row["nex"]) == pytest.approx(models[0]["nex"], nan_ok=True)
-    # across models: scipy's Spearman and Kendall on the model-level values
+    # across models, on the prompts both have (all 4 samples each): accuracy, mean GMF
+    # and baseline means over those responses only; scipy's Spearman and Kendall
     across = result["across_models"]
-    acc = [accuracy[m] for m in across["models"]]
+    assert across["shared_prompts"] == SHARED
+    assert sorted(set.intersection(*(set(e) for e in evaluated_of.values()))) == SHARED
+    kept = {m: [r for p in SHARED for r in evaluated_of[m][p]] for m in across["models"]}
+    acc = [np.mean([bool(r["correct"]) for r in kept[m]]) for m in across["models"]]
     assert across["accuracy"] == pytest.approx(acc)
-    nex = across["scores"]["NEX"]
-    model_nex = {m["model"]: m["nex"] for m in result["model_table"]}
-    assert nex["values"] == pytest.approx([model_nex[m] for m in across["models"]])
-    for entry in across["scores"].values():
+    assert acc != [accuracy[m] for m in across["models"]]  # not the all-prompt accuracy
+    for m in across["models"]:
+        c = across["counts"][m]
+        assert (c["n_prompts_used"], c["n_responses_used"]) == (3, 3 * N_SAMPLES)
+        assert c["n_responses_left_out"] == (N_PROMPTS - 3) * N_SAMPLES
+    model_level = {"NEX": ("gmf", 1), **{k: v for k, v in SCORES.items() if k != "NEX (GMF)"}}
+    for name, entry in across["scores"].items():
+        column, sign = model_level[name]
+        values = [sign * np.nanmean([np.nan if r[column] is None else r[column]
+                                     for r in kept[m]]) for m in across["models"]]
+        assert entry["values"] == pytest.approx(values)
         expected_s = stats.spearmanr(entry["values"], acc).statistic
         expected_k = stats.kendalltau(entry["values"], acc).statistic
         # report.json writes an undefined correlation (constant input) as null
@@ -263,7 +290,9 @@ def test_every_number_recomputed_from_the_tables(scored):
         assert nan_if_none(entry["kendall"]) == pytest.approx(expected_k, nan_ok=True)
         top = across["models"][int(np.argmax(entry["values"]))]
         assert entry["top_ranked"] == top
-        assert entry["top_ranked_is_most_accurate"] == (accuracy[top] == max(acc))
+        assert entry["top_ranked_is_most_accurate"] == (
+            acc[across["models"].index(top)] == max(acc))
+    assert "can only be +1, -1 or undefined" in across["note"]
 
 
 def nan_if_none(value):

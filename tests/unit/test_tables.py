@@ -80,7 +80,8 @@ def test_tables_have_their_documented_columns():
     assert tables.schema("neurons").names == ["model_id", "key", "layer", "unit", "eff", "red",
                                               "weight"]
     assert tables.schema("phases").names == ["trace_id", "model_id", "row", "novelty_slope",
-                                             "z", "label"]
+                                             "z", "label", "cycle", "credited"]
+    assert tables.schema("phases").metadata[b"nex_tables_schema_version"] == b"2"
     models = tables.schema("models").names
     assert {"model_id", "nex", "log_gap", "n_responses", "n_scored", "n_skipped",
             "n_nonzero_weights", "calibration", *BASELINES} <= set(models)
@@ -92,7 +93,8 @@ def test_tables_have_their_documented_columns():
 
 def test_nan_is_stored_as_nan_not_null(tmp_path):
     table = tables.to_table("phases", {"trace_id": ["t"], "model_id": ["m"], "row": [0],
-                                       "novelty_slope": [np.nan], "z": [1.0], "label": ["E"]})
+                                       "novelty_slope": [np.nan], "z": [1.0], "label": ["E"],
+                                       "cycle": [-1], "credited": [False]})
     tables.write_table(tmp_path / "phases.parquet", table)
     (tmp_path / "run.json").write_text("{}")
     back = tables.read_table(tmp_path, "phases")
