@@ -23,8 +23,13 @@ from ..records import TOKEN_STAT_NAMES
 
 #: Version of the layout below; bumped on any incompatible change. 2: every chunk carries
 #: a crc32c checksum in its codec chain, and per-token statistics are stored as
-#: ``token_stat_dtype`` (float16 by default; float32 in 1). Version 1 stores are refused.
-SCHEMA_VERSION = 2
+#: ``token_stat_dtype`` (float16 by default; float32 in 1). 3: fewer array nodes per part
+#: (pointers and token statistics packed into one array each, no sharding codec for
+#: arrays of one chunk) and aggregates derived from the rows plus residual bits (see
+#: ``layout.py``). New stores are written with this version.
+SCHEMA_VERSION = 3
+#: Versions this code reads (and appends to, in their own layout). Version 1 is refused.
+READABLE_SCHEMAS = (2, 3)
 
 #: Marker attribute naming the kind of zarr hierarchy.
 STORE_KIND = "nex-activation-store"
