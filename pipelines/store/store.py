@@ -471,7 +471,8 @@ class ActivationStore:
         names = list(arrays)
         for index, name in enumerate(names):
             values = arrays[name]
-            chunk, shard = chunking(values.size)
+            chunk, shard = chunking(values.size, encoded.counts["n_tokens"]
+                                    if name == "token_stats" else None)
             # schema 3: no sharding codec (and its metadata) for arrays of one chunk
             shards = (shard,) if version == 2 or shard > chunk else None
             with compact_metadata():  # zarr.json without indentation
@@ -496,8 +497,10 @@ class ActivationStore:
             self.loc.put(self._manifest_rel(part), manifest_bytes(table, meta))
 
     def finalize(self, stale_after: float = STALE_SECONDS) -> None:
-        """Consolidate: one ``manifest.parquet``; idempotent. (No consolidated zarr
-        metadata: readers open each part's group, so it would only add bytes.)
+        """Consolidate: one ``manifest.parquet``; idempotent. A store of one part gets
+        none (it would repeat that part's manifest byte for byte; a stale one is
+        removed): readers read the part's manifest. (No consolidated zarr metadata:
+        readers open each part's group, so it would only add bytes.)
 
         Call when writers are done; rerun after appending. It also removes what crashed
         writers left behind (staging directories, part groups without a manifest, temp
@@ -512,6 +515,12 @@ class ActivationStore:
             self._remove_leftovers(parts, stale_after)
         else:
             self._remove_orphan_groups(parts, stale_after)
+        if len(parts) <= 1:
+            if self.loc.is_local:
+                (self.path / CONSOLIDATED_MANIFEST).unlink(missing_ok=True)
+            else:
+                self.loc.remove_file(CONSOLIDATED_MANIFEST)
+            return
         table = self._per_part_manifest(parts)
         summaries = {p: self.part_summary(p) for p in parts}
         meta = {PARTS_META_KEY: json.dumps(summaries)}
@@ -739,7 +748,8 @@ class ActivationStore:
             "saturated_masses": total["saturated_masses"],
             "saturated_aggregate_masses": total["saturated_aggregate_masses"],
             "storage": self.storage,
-            "finalized": self.consolidated_manifest() is not None,
+            # one manifest file covers every part: the consolidated one, or the only part's
+            "finalized": len(summaries) <= 1 or self.consolidated_manifest() is not None,
             "extra_metadata": aggregate_extras([s.get("extra_metadata", {})
                                                 for s in summaries.values()]),
             "capture": self.metadata.get("capture", {}),
