@@ -196,6 +196,8 @@ def unpack(physical: dict, attrs: dict, storage: dict, derive: bool = True) -> d
     for logical, (name, offset, length) in sections(attrs).items():
         if name in physical:
             out[logical] = physical[name][offset:offset + length]
+    if "row_tokens" in out:  # an int64 section of ``pointers`` in schema 3
+        out["row_tokens"] = out["row_tokens"].astype(np.int32)
     return derive_part_aggregates(out, storage) if derive else out
 
 
