@@ -4,10 +4,10 @@ Layout of a store directory (see ``docs/STORE.md``)::
 
     zarr.json                     root group; attributes: schema_version, metadata, packages
     parts/zarr.json               group of the parts
-    parts/<part>/zarr.json        one part's group; attributes: counts, checksums, extras
-    parts/<part>/<array>/...      sharded, chunked 1-D arrays (PART_ARRAYS, token stats)
+    parts/<part>/zarr.json        one part's group; attributes: counts, checksums
+    parts/<part>/<array>/...      chunked 1-D arrays (``layout.py``: which holds what)
     manifests/<part>.parquet      the part's manifest, written last: its completion marker
-    manifest.parquet              consolidated manifest (written by ``finalize``)
+    manifest.parquet              consolidated manifest (``finalize``, stores of 2+ parts)
     .staging/                     parts being written (never read)
 """
 
@@ -51,7 +51,8 @@ DEFAULT_STORAGE = {"mass_dtype": "float16", "aggregate_dtype": "float16",
 CHUNK_ELEMENTS = 1 << 16
 CHUNKS_PER_SHARD = 16
 
-#: Arrays of a part: name -> (dtype or storage key, what its length counts).
+#: Logical arrays of a part: name -> (dtype or storage key, what its length counts); the
+#: zarr arrays of schema 2 (schema 3 packs them, see ``layout.py``).
 PART_ARRAYS = {
     "trace_row_ptr": ("int64", "traces+1"),   # trace t owns rows [p[t], p[t+1])
     "row_entry_ptr": ("int64", "rows+1"),     # row i owns entries [p[i], p[i+1])
@@ -144,7 +145,7 @@ def chunking(n: int, section: int | None = None) -> tuple[int, int]:
 
 def compact_metadata():
     """A context in which zarr writes its metadata (``zarr.json``) without indentation:
-    about 40% smaller, which counts on small stores (14 array nodes per part)."""
+    about 40% smaller, which counts on small stores (6 array nodes per part)."""
     import zarr
 
     return zarr.config.set({"json_indent": None})
