@@ -44,8 +44,10 @@ def create_exclusive(path: Path, data: bytes) -> bool:
 
 
 def group_node(attributes: dict) -> bytes:
-    """The ``zarr.json`` of a zarr v3 group with these attributes."""
-    return json_bytes({"zarr_format": 3, "node_type": "group", "attributes": attributes})
+    """The ``zarr.json`` of a zarr v3 group with these attributes (compact JSON: the
+    part groups' attributes are a fixed cost of every part)."""
+    return json.dumps({"zarr_format": 3, "node_type": "group", "attributes": attributes},
+                      sort_keys=True, separators=(",", ":")).encode()
 
 
 def read_json(path: Path) -> dict | None:

@@ -19,6 +19,8 @@ from nex_transforms import Aggregates, NexError, RowCorpus
 from nex_transforms.segments import segment_sums
 
 from ..records import TOKEN_STAT_NAMES
+from .layout import (AGGREGATES_DERIVED, aggregates_mode, apply_residuals, derive_aggregates,
+                     physical_dtype, physical_lengths, sections, unpack)
 from .schema import StoreError, array_dtype, check_storage
 
 
@@ -109,12 +111,15 @@ def _check_pointer(unit: WorkUnit, what: str, got: np.ndarray, starts, stops) ->
 
 
 class _UnitReader:
-    """Reads slices of one part's arrays for a unit, turning any failure into a
-    :class:`BatchReadError` that names the part and traces."""
+    """Reads slices of one part's logical arrays for a unit (through the part's physical
+    layout, :mod:`pipelines.store.layout`), turning any failure into a
+    :class:`BatchReadError` that names the part and traces. With ``whole``, each physical
+    array is read whole once (its recorded checksum can then be verified)."""
 
-    def __init__(self, store, unit: WorkUnit) -> None:
+    def __init__(self, store, unit: WorkUnit, whole: bool = False) -> None:
         self.unit = unit
         self.store = store
+        self.whole = whole
         self.read_whole: dict[str, np.ndarray] = {}
         try:
             self.rel = store.part_rel(unit.part)
@@ -123,8 +128,16 @@ class _UnitReader:
                 raise BatchReadError(f"{unit.where()}: part arrays: expected a folder "
                                      f"{self.path}, got none (missing part)")
             self.group = store.open_part(unit.part)
-            self.names = set(self.group.array_keys())
-            self.storage = check_storage(self.group.attrs.get("storage") or store.storage)
+            self.physical = set(self.group.array_keys())
+            self.attrs = dict(self.group.attrs)
+            self.version = int(self.attrs.get("schema_version", store.schema_version))
+            self.storage = check_storage(self.attrs.get("storage") or store.storage)
+            self.sections = sections(dict(self.attrs, schema_version=self.version))
+            self.derived = aggregates_mode(dict(self.attrs, schema_version=self.version)) \
+                == AGGREGATES_DERIVED
+            self.names = {name for name, where in self.sections.items()
+                          if where[0] in self.physical}
+            self.lengths = physical_lengths(dict(self.attrs, schema_version=self.version))
         except BatchReadError:
             raise
         except (StoreError, OSError, ValueError, KeyError) as err:
@@ -135,13 +148,35 @@ class _UnitReader:
         return name in self.names
 
     def read(self, name: str, a: int, b: int) -> np.ndarray:
+        """Elements ``[a, b)`` of the logical array ``name``."""
         unit = self.unit
         if name not in self.names:
-            raise BatchReadError(f"{unit.where()}: array {name}: expected it in part "
+            physical = self.sections.get(name, (name,))[0]
+            raise BatchReadError(f"{unit.where()}: array {physical}: expected it in part "
                                  f"{unit.part}, got none")
+        physical, offset, length = self.sections[name]
+        if not 0 <= a <= b <= length:
+            raise BatchReadError(f"{unit.where()}: array {name}: expected elements within "
+                                 f"[0, {length}), got [{a}, {b})")
+        if self.whole:
+            return self._physical(physical)[offset + a:offset + b]
+        return self._read(physical, offset + a, offset + b)
+
+    def _physical(self, name: str) -> np.ndarray:
+        if name not in self.read_whole:
+            self._read(name, 0, None)
+        return self.read_whole[name]
+
+    def _read(self, name: str, a: int, b: int | None) -> np.ndarray:
+        unit = self.unit
         try:
             array = self.group[name]
-            wanted = array_dtype(name, self.storage)
+            if array.shape != (self.lengths.get(name, -1),):
+                raise BatchReadError(f"{unit.where()}: array {name}: expected shape "
+                                     f"({self.lengths.get(name)},) (part attributes), got "
+                                     f"{array.shape}")
+            b = array.shape[0] if b is None else b
+            wanted = physical_dtype(name, self.storage, self.version)
             if array.dtype != wanted:
                 raise BatchReadError(f"{unit.where()}: array {name}: expected dtype {wanted}, "
                                      f"got {array.dtype}")
@@ -156,6 +191,49 @@ class _UnitReader:
         if a == 0 and b == array.shape[0]:
             self.read_whole[name] = values
         return values
+
+    def aggregates(self, t0: int, t1: int, rows=None) -> Aggregates:
+        """The aggregates of traces ``[t0, t1)`` (relative pointer), checked against the
+        manifest; derived from ``rows`` (``(row_ptr, entry_ptr, keys, masses)`` of the same
+        traces, read when not given) for parts that store residuals."""
+        unit, meta = self.unit, self.unit.meta
+        agg_ptr = self.read("agg_ptr", t0, t1 + 1)
+        _check_pointer(unit, "aggregate pointer", agg_ptr, meta["agg_start"], meta["agg_stop"])
+        a0, a1 = int(agg_ptr[0]), int(agg_ptr[-1])
+        if not self.derived:
+            return Aggregates(agg_ptr - a0, self.read("agg_keys", a0, a1),
+                              self.read("agg_masses", a0, a1))
+        row_ptr, entry_ptr, keys, masses = rows if rows is not None else self.rows(t0, t1)
+        try:
+            ptr, keys, derived = derive_aggregates(row_ptr, entry_ptr, keys, masses,
+                                                   array_dtype("agg_masses", self.storage))
+        except StoreError as err:
+            raise BatchReadError(f"{unit.where()}: {err}") from None
+        if not np.array_equal(ptr, agg_ptr - a0):
+            bad = int(np.argmax(ptr != agg_ptr - a0)) if ptr.shape == agg_ptr.shape else 1
+            raise BatchReadError(f"{unit.where(max(bad - 1, 0))}: aggregate pointer: expected "
+                                 f"{int(agg_ptr[bad] - a0)} (stored), got {int(ptr[bad])} "
+                                 "distinct keys of the rows")
+        stored = self.read("agg_residuals", a0, a1)
+        try:
+            masses = apply_residuals(derived, stored)
+        except StoreError as err:
+            raise BatchReadError(f"{unit.where()}: {err}") from None
+        return Aggregates(ptr, keys, masses)
+
+    def rows(self, t0: int, t1: int):
+        """``(row_ptr, entry_ptr, keys, masses)`` of traces ``[t0, t1)``: pointers relative
+        to the first row and entry, checked against the manifest."""
+        unit, meta = self.unit, self.unit.meta
+        row_ptr = self.read("trace_row_ptr", t0, t1 + 1)
+        _check_pointer(unit, "row pointer", row_ptr, meta["row_start"], meta["row_stop"])
+        r0, r1 = int(row_ptr[0]), int(row_ptr[-1])
+        entry_ptr = self.read("row_entry_ptr", r0, r1 + 1)
+        _check_pointer(unit, "entry pointer", entry_ptr[row_ptr - r0], meta["entry_start"],
+                       meta["entry_stop"])
+        e0, e1 = int(entry_ptr[0]), int(entry_ptr[-1])
+        return (row_ptr - r0, entry_ptr - e0, self.read("keys", e0, e1),
+                self.read("masses", e0, e1))
 
     def verify_checksums(self) -> None:
         """Check the CRC-32 of every array read whole against the part's record."""
@@ -182,24 +260,16 @@ def read_unit(store, unit: WorkUnit, aggregates_only: bool = False):
     ``aggregates_only``. Pointers are checked against the manifest, shard files must
     exist, and whole-part units are checked against the recorded checksums.
     """
-    reader = _UnitReader(store, unit)
+    reader = _UnitReader(store, unit, whole=unit.whole_part)
     meta, t0, t1 = unit.meta, unit.start, unit.stop
-    agg_ptr = reader.read("agg_ptr", t0, t1 + 1)
-    _check_pointer(unit, "aggregate pointer", agg_ptr, meta["agg_start"], meta["agg_stop"])
-    a0, a1 = int(agg_ptr[0]), int(agg_ptr[-1])
-    aggregates = Aggregates(agg_ptr - a0, reader.read("agg_keys", a0, a1),
-                            reader.read("agg_masses", a0, a1))
     if aggregates_only:
-        return aggregates, None
-    row_ptr = reader.read("trace_row_ptr", t0, t1 + 1)
-    _check_pointer(unit, "row pointer", row_ptr, meta["row_start"], meta["row_stop"])
-    r0, r1 = int(row_ptr[0]), int(row_ptr[-1])
-    entry_ptr = reader.read("row_entry_ptr", r0, r1 + 1)
-    _check_pointer(unit, "entry pointer", entry_ptr[row_ptr - r0], meta["entry_start"],
-                   meta["entry_stop"])
-    e0, e1 = int(entry_ptr[0]), int(entry_ptr[-1])
-    row_tokens = reader.read("row_tokens", r0, r1).astype(np.int64)
-    tokens = segment_sums(row_tokens, row_ptr - r0).astype(np.int64)
+        return reader.aggregates(t0, t1), None
+    rows = reader.rows(t0, t1)
+    row_ptr, entry_ptr, keys, masses = rows
+    aggregates = reader.aggregates(t0, t1, rows)
+    r0 = int(meta["row_start"][0])
+    row_tokens = reader.read("row_tokens", r0, r0 + int(row_ptr[-1])).astype(np.int64)
+    tokens = segment_sums(row_tokens, row_ptr).astype(np.int64)
     if not np.array_equal(tokens, meta["response_tokens"]):
         bad = int(np.argmax(tokens != meta["response_tokens"]))
         raise BatchReadError(f"{unit.where(bad)}: row token counts: expected a sum of "
@@ -213,9 +283,8 @@ def read_unit(store, unit: WorkUnit, aggregates_only: bool = False):
         values = (reader.read(name, k0, k1) if reader.has(name)
                   else np.full(k1 - k0, np.nan, np.float32))
         stats[name] = (token_ptr - k0, values)
-    keys, masses = reader.read("keys", e0, e1), reader.read("masses", e0, e1)
     try:
-        corpus = RowCorpus(row_ptr - r0, entry_ptr - e0, row_tokens, keys, masses, aggregates)
+        corpus = RowCorpus(row_ptr, entry_ptr, row_tokens, keys, masses, aggregates)
     except NexError as err:
         raise BatchReadError(f"{unit.where()}: rows: expected consistent arrays, got "
                              f"{_one_line(err)}") from None
@@ -298,9 +367,10 @@ def read_token_ids(store, table) -> tuple[np.ndarray, np.ndarray]:
 
 
 def read_part_arrays(store, part: str, table, names: list[str] | None = None) -> dict:
-    """Whole arrays of one part (all stored ones by default), each through the checked
-    path; the part's pointers are compared with its manifest ``table`` and the recorded
-    checksums are verified."""
+    """Whole logical arrays of one part (all of them by default), through the checked
+    path: every physical array read whole (its recorded checksum verified), aggregates
+    derived where the part stores residuals, the part's pointers compared with its
+    manifest ``table``."""
     units = units_of(table, whole=True)
     if not units:  # a part without traces: its arrays are pointers of one 0 each
         meta = {name: table[name].to_numpy(zero_copy_only=False) for name in UNIT_COLUMNS}
@@ -308,21 +378,30 @@ def read_part_arrays(store, part: str, table, names: list[str] | None = None) ->
     (unit,) = units
     if unit.part != part or unit.start != 0:
         raise BatchReadError(f"part {part}: expected its manifest rows, got another table")
-    reader = _UnitReader(store, unit)
-    names = sorted(reader.names) if names is None else names
+    reader = _UnitReader(store, unit, whole=True)
+    physical = {name: reader._physical(name) for name in sorted(reader.physical)}
+    try:
+        logical = unpack(physical, dict(reader.attrs, schema_version=reader.version),
+                         reader.storage)
+    except StoreError as err:
+        raise BatchReadError(f"{unit.where()}: {err}") from None
+    names = sorted(logical) if names is None else names
     out = {}
     for name in names:
-        length = reader.group[name].shape[0] if reader.has(name) else 0
-        out[name] = reader.read(name, 0, length)
+        if name not in logical:
+            raise BatchReadError(f"{unit.where()}: array {name}: expected it in part "
+                                 f"{unit.part}, got none")
+        out[name] = logical[name]
     meta = unit.meta
     checks = {"trace_row_ptr": ("row pointer", "row_start", "row_stop"),
               "agg_ptr": ("aggregate pointer", "agg_start", "agg_stop"),
               "token_ptr": ("token pointer", "token_start", "token_stop")}
     for name, (what, start, stop) in checks.items():
-        if name in out and unit.n_traces:
-            _check_pointer(unit, what, out[name], meta[start], meta[stop])
-    if "row_entry_ptr" in out and "trace_row_ptr" in out and unit.n_traces:
-        _check_pointer(unit, "entry pointer", out["row_entry_ptr"][out["trace_row_ptr"]],
+        if name in logical and unit.n_traces:
+            _check_pointer(unit, what, logical[name], meta[start], meta[stop])
+    if unit.n_traces:
+        _check_pointer(unit, "entry pointer",
+                       logical["row_entry_ptr"][logical["trace_row_ptr"]],
                        meta["entry_start"], meta["entry_stop"])
     reader.verify_checksums()
     return out

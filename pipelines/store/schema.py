@@ -4,10 +4,10 @@ Layout of a store directory (see ``docs/STORE.md``)::
 
     zarr.json                     root group; attributes: schema_version, metadata, packages
     parts/zarr.json               group of the parts
-    parts/<part>/zarr.json        one part's group; attributes: counts, checksums, extras
-    parts/<part>/<array>/...      sharded, chunked 1-D arrays (PART_ARRAYS, token stats)
+    parts/<part>/zarr.json        one part's group; attributes: counts, checksums
+    parts/<part>/<array>/...      chunked 1-D arrays (``layout.py``: which holds what)
     manifests/<part>.parquet      the part's manifest, written last: its completion marker
-    manifest.parquet              consolidated manifest (written by ``finalize``)
+    manifest.parquet              consolidated manifest (``finalize``, stores of 2+ parts)
     .staging/                     parts being written (never read)
 """
 
@@ -23,8 +23,13 @@ from ..records import TOKEN_STAT_NAMES
 
 #: Version of the layout below; bumped on any incompatible change. 2: every chunk carries
 #: a crc32c checksum in its codec chain, and per-token statistics are stored as
-#: ``token_stat_dtype`` (float16 by default; float32 in 1). Version 1 stores are refused.
-SCHEMA_VERSION = 2
+#: ``token_stat_dtype`` (float16 by default; float32 in 1). 3: fewer array nodes per part
+#: (pointers and token statistics packed into one array each, no sharding codec for
+#: arrays of one chunk) and aggregates derived from the rows plus residual bits (see
+#: ``layout.py``). New stores are written with this version.
+SCHEMA_VERSION = 3
+#: Versions this code reads (and appends to, in their own layout). Version 1 is refused.
+READABLE_SCHEMAS = (2, 3)
 
 #: Marker attribute naming the kind of zarr hierarchy.
 STORE_KIND = "nex-activation-store"
@@ -46,7 +51,8 @@ DEFAULT_STORAGE = {"mass_dtype": "float16", "aggregate_dtype": "float16",
 CHUNK_ELEMENTS = 1 << 16
 CHUNKS_PER_SHARD = 16
 
-#: Arrays of a part: name -> (dtype or storage key, what its length counts).
+#: Logical arrays of a part: name -> (dtype or storage key, what its length counts); the
+#: zarr arrays of schema 2 (schema 3 packs them, see ``layout.py``).
 PART_ARRAYS = {
     "trace_row_ptr": ("int64", "traces+1"),   # trace t owns rows [p[t], p[t+1])
     "row_entry_ptr": ("int64", "rows+1"),     # row i owns entries [p[i], p[i+1])
@@ -128,26 +134,30 @@ def array_dtype(name: str, storage: dict) -> np.dtype:
     return np.dtype(storage.get(spec, spec))
 
 
-def chunking(n: int) -> tuple[int, int]:
-    """(chunk, shard) lengths of a 1-D array of ``n`` elements (shard a multiple of chunk)."""
-    chunk = max(1, min(CHUNK_ELEMENTS, n))
+def chunking(n: int, section: int | None = None) -> tuple[int, int]:
+    """(chunk, shard) lengths of a 1-D array of ``n`` elements (shard a multiple of chunk);
+    ``section``: chunks no longer than that (schema 3's ``token_stats``: one chunk per
+    statistic, each compressed on its own, about 7% smaller than mixed)."""
+    chunk = max(1, min(CHUNK_ELEMENTS, n, section or n))
     n_chunks = -(-max(n, 1) // chunk)
     return chunk, chunk * min(CHUNKS_PER_SHARD, n_chunks)
 
 
 def compact_metadata():
     """A context in which zarr writes its metadata (``zarr.json``) without indentation:
-    about 40% smaller, which counts on small stores (14 array nodes per part)."""
+    about 40% smaller, which counts on small stores (6 array nodes per part)."""
     import zarr
 
     return zarr.config.set({"json_indent": None})
 
 
 def compressor():
-    """Blosc (zstd, byte shuffle): beats raw keys/float16 masses and compresses pointers."""
+    """Blosc (zstd level 9, byte shuffle): beats raw keys/float16 masses and compresses
+    pointers; level 9 takes about 10% less than level 5 on a real capture (keys 0.78
+    instead of 0.87 bytes per entry) and chunks are small, so writing stays cheap."""
     from zarr.codecs import BloscCodec
 
-    return BloscCodec(cname="zstd", clevel=5, shuffle="shuffle")
+    return BloscCodec(cname="zstd", clevel=9, shuffle="shuffle")
 
 
 def chunk_codecs() -> list:

@@ -32,16 +32,18 @@ from ..records import TraceRecord
 from .encode import EncodedPart, decode_records, encode_part
 from .fs import (LEASE_FILE, Lease, Location, create_exclusive, fault_point, group_node,
                  lease_live, pause_point)
+from .layout import AGGREGATES_DERIVED, AGGREGATES_STORED, aggregate_residuals, pack
 from .schema import (CONSOLIDATED_MANIFEST, MANIFESTS_DIR, PARQUET_OPTIONS, PARTS_DIR,
-                     SCHEMA_VERSION, STAGING_DIR, STORE_KIND, StoreError,
+                     READABLE_SCHEMAS, SCHEMA_VERSION, STAGING_DIR, STORE_KIND, StoreError,
                      check_part_name, check_storage, chunk_codecs, chunking, compact_metadata,
                      manifest_schema)
 
 PART_META_KEY = b"nex_store_part"
 PARTS_META_KEY = b"nex_store_parts"
-#: Arrays holding what the row-cache layout holds (sparse rows, aggregates, pointers).
+#: Arrays holding what the row-cache layout holds (sparse rows, aggregates, pointers;
+#: schema 3's ``pointers`` also holds the per-trace token pointer, a few bytes a trace).
 ROW_CACHE_CONTENT = ("trace_row_ptr", "row_entry_ptr", "row_tokens", "keys", "masses",
-                     "agg_ptr", "agg_keys", "agg_masses")
+                     "agg_ptr", "agg_keys", "agg_masses", "pointers", "agg_residuals")
 #: Seconds after which finalize treats staging leftovers as abandoned by a crashed writer.
 STALE_SECONDS = 600.0
 #: Seconds without a heartbeat after which a writer's staging lease has expired.
@@ -122,7 +124,8 @@ class ActivationStore:
         ``metadata`` is a JSON-serialisable dict; ``metadata["capture"]`` holds the
         capture parameters (model, revision, dtype, layers, top-K, row size, ...) and
         ``metadata["storage"]`` optionally the mass dtypes (``float16`` by default). When
-        the store exists its schema version must be :data:`SCHEMA_VERSION` and its
+        the store exists its schema version must be one of :data:`READABLE_SCHEMAS` (parts
+        are appended in its own layout) and its
         capture parameters must equal the given ones; otherwise :class:`StoreError`.
         Safe when several processes create the same fresh path at once. ``path`` may be
         an fsspec URL (``s3://bucket/store``) with ``storage_options`` (credentials,
@@ -187,9 +190,10 @@ class ActivationStore:
                                       f"a zarr.json with store_kind {STORE_KIND!r}",
                                       "none" if node is None else "another zarr hierarchy"))
         version = attributes.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_SCHEMAS:
             raise StoreError(expected(f"activation store {path} schema_version",
-                                      f"{SCHEMA_VERSION} (this code's schema)",
+                                      " or ".join(map(str, READABLE_SCHEMAS))
+                                      + f" (this code's schemas, {SCHEMA_VERSION} for new stores)",
                                       f"{version} (written by another version)"))
         return cls(path, attributes, writable, loc)
 
@@ -272,6 +276,11 @@ class ActivationStore:
     @property
     def storage(self) -> dict:
         return check_storage(self._attributes["metadata"].get("storage"))
+
+    @property
+    def schema_version(self) -> int:
+        """The store's schema version (its parts are written in that layout)."""
+        return int(self._attributes["schema_version"])
 
     @property
     def writable(self) -> bool:
@@ -438,9 +447,20 @@ class ActivationStore:
     def _write_group(self, rel: str, part: str, encoded: EncodedPart, summary: dict) -> None:
         import zarr
 
-        checksums = {name: checksum(values) for name, values in encoded.arrays.items()}
-        attributes = dict(summary, schema_version=SCHEMA_VERSION, storage=self.storage,
-                          checksums=checksums)
+        version = self.schema_version
+        arrays = encoded.arrays
+        if version == 2:
+            attributes = dict(summary, schema_version=version)
+        else:  # the manifest's part summary keeps extra_metadata; no second copy here
+            attributes = {k: v for k, v in summary.items() if k != "extra_metadata"}
+            attributes["schema_version"] = version
+            res = aggregate_residuals(arrays, self.storage)
+            attributes["aggregates"] = AGGREGATES_STORED if res is None else AGGREGATES_DERIVED
+            if res is not None:
+                arrays = dict(arrays, agg_residuals=res)
+        arrays = pack(arrays, attributes)
+        checksums = {name: checksum(values) for name, values in arrays.items()}
+        attributes = dict(attributes, storage=self.storage, checksums=checksums)
         # A local staging folder already holds the writer's lease: write the node directly.
         if self.loc.is_local:
             (self.path / rel / "zarr.json").write_bytes(group_node(attributes))
@@ -448,14 +468,17 @@ class ActivationStore:
             self.loc.put(f"{rel}/zarr.json", group_node(attributes))
         group = zarr.open_group(store=self.loc.zarr_store(rel, read_only=False), mode="r+",
                                 use_consolidated=False)
-        names = list(encoded.arrays)
+        names = list(arrays)
         for index, name in enumerate(names):
-            values = encoded.arrays[name]
-            chunk, shard = chunking(values.size)
+            values = arrays[name]
+            chunk, shard = chunking(values.size, encoded.counts["n_tokens"]
+                                    if name == "token_stats" else None)
+            # schema 3: no sharding codec (and its metadata) for arrays of one chunk
+            shards = (shard,) if version == 2 or shard > chunk else None
             with compact_metadata():  # zarr.json without indentation
                 array = group.create_array(
                     name, shape=values.shape, dtype=values.dtype, chunks=(chunk,),
-                    shards=(shard,), compressors=chunk_codecs(), fill_value=0,
+                    shards=shards, compressors=chunk_codecs(), fill_value=0,
                     config={"write_empty_chunks": True})
             if values.size:
                 array[:] = values
@@ -474,8 +497,10 @@ class ActivationStore:
             self.loc.put(self._manifest_rel(part), manifest_bytes(table, meta))
 
     def finalize(self, stale_after: float = STALE_SECONDS) -> None:
-        """Consolidate: one ``manifest.parquet``; idempotent. (No consolidated zarr
-        metadata: readers open each part's group, so it would only add bytes.)
+        """Consolidate: one ``manifest.parquet``; idempotent. A store of one part gets
+        none (it would repeat that part's manifest byte for byte; a stale one is
+        removed): readers read the part's manifest. (No consolidated zarr metadata:
+        readers open each part's group, so it would only add bytes.)
 
         Call when writers are done; rerun after appending. It also removes what crashed
         writers left behind (staging directories, part groups without a manifest, temp
@@ -490,6 +515,12 @@ class ActivationStore:
             self._remove_leftovers(parts, stale_after)
         else:
             self._remove_orphan_groups(parts, stale_after)
+        if len(parts) <= 1:
+            if self.loc.is_local:
+                (self.path / CONSOLIDATED_MANIFEST).unlink(missing_ok=True)
+            else:
+                self.loc.remove_file(CONSOLIDATED_MANIFEST)
+            return
         table = self._per_part_manifest(parts)
         summaries = {p: self.part_summary(p) for p in parts}
         meta = {PARTS_META_KEY: json.dumps(summaries)}
@@ -700,7 +731,7 @@ class ActivationStore:
         array_bytes = self._array_bytes()
         sparse = sum(v for k, v in array_bytes.items() if k in ROW_CACHE_CONTENT)
         return {
-            "schema_version": SCHEMA_VERSION,
+            "schema_version": self.schema_version,
             "path": str(self.path),
             "traces": table.num_rows,
             "rows": total["n_rows"],
@@ -717,7 +748,8 @@ class ActivationStore:
             "saturated_masses": total["saturated_masses"],
             "saturated_aggregate_masses": total["saturated_aggregate_masses"],
             "storage": self.storage,
-            "finalized": self.consolidated_manifest() is not None,
+            # one manifest file covers every part: the consolidated one, or the only part's
+            "finalized": len(summaries) <= 1 or self.consolidated_manifest() is not None,
             "extra_metadata": aggregate_extras([s.get("extra_metadata", {})
                                                 for s in summaries.values()]),
             "capture": self.metadata.get("capture", {}),

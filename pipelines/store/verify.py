@@ -9,7 +9,8 @@ import numpy as np
 from nex_transforms import KEY_SPACE, RESERVED_LAYER, UNIT_BITS
 from nex_transforms.segments import segment_ids
 
-from .schema import (PART_ARRAYS, SCHEMA_VERSION, STATUS_COMPLETE, TOKEN_STATS, array_dtype,
+from .layout import derive_part_aggregates, physical_dtype, physical_lengths, sections, unpack
+from .schema import (PART_ARRAYS, READABLE_SCHEMAS, STATUS_COMPLETE, TOKEN_STATS, StoreError,
                      check_storage)
 from .store import ActivationStore, checksum
 
@@ -78,10 +79,12 @@ def _check_part(store: ActivationStore, part: str, table: dict, report: VerifyRe
     if node is None:
         _fail(report, part, None, f"part arrays: expected a group at {folder}, got none")
     attrs = node.get("attributes", {})
-    if attrs.get("schema_version") != SCHEMA_VERSION:
-        _fail(report, part, None, f"schema_version: expected {SCHEMA_VERSION}, "
-                                  f"got {attrs.get('schema_version')}")
-    arrays = _load_arrays(store, part, summary, attrs, report)
+    if attrs.get("schema_version") != store.schema_version or \
+            attrs.get("schema_version") not in READABLE_SCHEMAS:
+        _fail(report, part, None, f"schema_version: expected {store.schema_version} (the "
+                                  f"store's), got {attrs.get('schema_version')}")
+    physical = _load_arrays(store, part, summary, attrs, report)
+    arrays = unpack(physical, attrs, check_storage(attrs.get("storage") or {}), derive=False)
     ids = table["trace_id"]
     report.traces += len(ids)
     report.rows += int(summary["n_rows"])
@@ -90,8 +93,13 @@ def _check_part(store: ActivationStore, part: str, table: dict, report: VerifyRe
     _check_keys(part, ids, arrays, report)
     _check_tokens(part, ids, arrays, table, report)
     _check_manifest(part, ids, arrays, table, report)
+    if "agg_residuals" in arrays:  # schema 3: aggregates derived from the (checked) rows
+        try:
+            arrays = derive_part_aggregates(arrays, check_storage(attrs.get("storage") or {}))
+        except StoreError as err:
+            _fail(report, part, None, str(err))
     _check_aggregates(part, ids, arrays, report)
-    _check_checksums(part, arrays, attrs, report)
+    _check_checksums(part, physical, attrs, report)
 
 
 def _lengths(summary: dict) -> dict:
@@ -101,18 +109,32 @@ def _lengths(summary: dict) -> dict:
 
 
 def _load_arrays(store, part, summary, attrs, report) -> dict:
+    """The part's physical arrays (see :mod:`pipelines.store.layout`), each checked for
+    presence, shape, dtype, shard files and chunk checksums."""
     for key in ("n_traces", "n_rows", "n_entries", "n_aggregate_entries", "n_tokens"):
         if attrs.get(key) != summary.get(key):
             _fail(report, part, None, f"part attribute {key}: expected {summary.get(key)} "
                                       f"(manifest), got {attrs.get(key)}")
-    storage = attrs.get("storage") or {}
+    if list(attrs.get("token_stats") or []) != list(summary.get("token_stats") or []):
+        _fail(report, part, None, f"part attribute token_stats: expected "
+                                  f"{summary.get('token_stats')} (manifest), got "
+                                  f"{attrs.get('token_stats')}")
+    storage = check_storage(attrs.get("storage") or {})
+    version = int(attrs["schema_version"])
     lengths = _lengths(summary)
-    wanted = {name: lengths[spec[1]] for name, spec in PART_ARRAYS.items()}
-    wanted.update({name: lengths["tokens"] for name in summary.get("token_stats", [])})
+    try:
+        where = sections(attrs)
+        wanted = physical_lengths(attrs)
+    except StoreError as err:
+        _fail(report, part, None, str(err))
+    # pointers first: a bad chunk of a later array is then named with its trace
+    order = sorted(wanted, key=lambda n: (n not in ("pointers", "trace_row_ptr",
+                                                    "row_entry_ptr", "agg_ptr", "token_ptr"), n))
     group = store.open_part(part)
     present = set(group.array_keys())
-    arrays = {}
-    for name, length in wanted.items():
+    arrays: dict = {}
+    for name in order:
+        length = wanted[name]
         if name not in present:
             _fail(report, part, None, f"array {name}: expected it in {store.part_dir(part)}, "
                                       "got none")
@@ -120,7 +142,7 @@ def _load_arrays(store, part, summary, attrs, report) -> dict:
         if array.shape != (length,):
             _fail(report, part, None, f"array {name}: expected shape ({length},), "
                                       f"got {array.shape}")
-        dtype = array_dtype(name, check_storage(storage))
+        dtype = physical_dtype(name, storage, version)
         if array.dtype != dtype:
             _fail(report, part, None, f"array {name}: expected dtype {dtype}, got {array.dtype}")
         shard = array.shards[0] if array.shards else array.chunks[0]
@@ -137,13 +159,27 @@ def _load_arrays(store, part, summary, attrs, report) -> dict:
             arrays[name] = array[...]
         except Exception as err:  # crc32c mismatches and undecodable chunks
             a, b = _first_bad_chunk(array)
-            trace = _owner(arrays, lengths, PART_ARRAYS.get(name, (None, "tokens"))[1], a)
+            logical = {n: arrays[p][o:o + k] for n, (p, o, k) in where.items() if p in arrays}
+            trace = _physical_owner(logical, lengths, where, name, a)
             ids = store.manifest([part])["trace_id"].to_pylist()
             _fail(report, part, ids[trace] if trace is not None and trace < len(ids) else None,
                   f"array {name} elements [{a}, {b}): expected chunks that decode and pass "
                                       f"their crc32c checksums, got {type(err).__name__}: "
                                       f"{' '.join(str(err).split())[:300]}")
     return arrays
+
+
+def _physical_owner(logical: dict, lengths: dict, where: dict, name: str,
+                    element: int) -> int | None:
+    """The trace owning element ``element`` of the physical array ``name``, when the
+    pointers read so far tell."""
+    for section, (physical, offset, length) in where.items():
+        if physical == name and offset <= element < offset + max(length, 1):
+            counts = PART_ARRAYS.get(section, (None, "tokens"))[1]
+            if section == "agg_residuals":
+                counts = "aggregate_entries"
+            return _owner(logical, lengths, counts, element - offset)
+    return None
 
 
 def _first_bad_chunk(array) -> tuple[int, int]:
@@ -211,8 +247,8 @@ def _check_pointers(part, ids, arrays, report) -> None:
                    by_trace, report)
     _check_pointer(part, ids, "row_entry_ptr", arrays["row_entry_ptr"], arrays["keys"].size,
                    lambda i: _trace_of(trace_row, i), report)
-    _check_pointer(part, ids, "agg_ptr", arrays["agg_ptr"], arrays["agg_keys"].size,
-                   by_trace, report)
+    n_aggregates = arrays["agg_keys" if "agg_keys" in arrays else "agg_residuals"].size
+    _check_pointer(part, ids, "agg_ptr", arrays["agg_ptr"], n_aggregates, by_trace, report)
     _check_pointer(part, ids, "token_ptr", arrays["token_ptr"], arrays["token_ids"].size,
                    by_trace, report)
 
@@ -224,6 +260,8 @@ def _bad_keys(keys: np.ndarray) -> np.ndarray:
 def _check_keys(part, ids, arrays, report) -> None:
     entry_trace = segment_ids(arrays["trace_row_ptr"])[segment_ids(arrays["row_entry_ptr"])]
     for name, owner in (("keys", entry_trace), ("agg_keys", segment_ids(arrays["agg_ptr"]))):
+        if name not in arrays:  # derived aggregate keys are row keys
+            continue
         bad = _bad_keys(arrays[name])
         if bad.any():
             first = int(np.argmax(bad))

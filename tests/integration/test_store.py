@@ -20,6 +20,8 @@ from pipelines.store.encode import quantize_token_stat
 from pipelines.store.synthetic import synthetic_records
 from pipelines.store.verify import verify_store
 
+from tests.store_edit import edit_logical
+
 CAPTURE = {"model_id": "tiny", "revision": "r1", "dtype": "float32", "top_k": 500,
            "layers": [0, 1, 2], "row_size": 32}
 F16_MAX = float(np.finfo(np.float16).max)
@@ -243,7 +245,7 @@ def test_schema_version_mismatch_is_refused_and_nothing_is_lost(two_part_store):
                     lambda: ActivationStore.open(two_part_store.path)):
         with pytest.raises(StoreError) as err:
             attempt()
-        assert f"expected {SCHEMA_VERSION}" in str(err.value)
+        assert "expected 2 or 3" in str(err.value)
         assert f"got {SCHEMA_VERSION + 1}" in str(err.value)
     assert tree(two_part_store.path) == before
     assert main(["store", "info", str(two_part_store.path)]) == 2
@@ -265,12 +267,12 @@ def test_verify_passes_on_a_sound_store(two_part_store, capsys):
 
 
 def test_verify_names_a_corrupted_pointer(two_part_store, capsys):
-    array = zarr.open_array(str(two_part_store.path / "parts" / "b" / "row_entry_ptr"),
-                            mode="r+")
-    values = array[...]
     row = int(np.asarray(two_part_store.manifest(["b"])["row_start"])[1]) + 2
-    values[row] = values[row + 1] + 5
-    array[...] = values
+
+    def change(values):
+        values[row] = values[row + 1] + 5
+
+    edit_logical(two_part_store.path / "parts" / "b", "row_entry_ptr", change)
     assert main(["store", "verify", str(two_part_store.path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("nex: error: verify") and err.count("\n") == 1
@@ -291,8 +293,10 @@ def test_verify_catches_changed_values_by_checksum(two_part_store):
 
 
 def test_verify_catches_a_wrong_aggregate(two_part_store):
-    array = zarr.open_array(str(two_part_store.path / "parts" / "b" / "agg_masses"), mode="r+")
-    array[5] = array[5] * 2 + 1
+    def change(residuals):  # the stored aggregate mass moves far from its rows' sum
+        residuals[5] += 0x800
+
+    edit_logical(two_part_store.path / "parts" / "b", "agg_residuals", change)
     report = verify_store(ActivationStore.open(two_part_store.path))
     assert report.problems[0].startswith("part b, trace b:0: aggregate of key")
 
@@ -326,21 +330,24 @@ def test_stored_format_matches_the_documented_schema(two_part_store):
     assert root["zarr_format"] == 3 and root["node_type"] == "group"
     assert root["attributes"]["store_kind"] == "nex-activation-store"
     assert set(root["attributes"]["packages"]) >= {"zarr", "numpy", "pyarrow"}
+    assert root["attributes"]["schema_version"] == SCHEMA_VERSION == 3
     node = json.loads((two_part_store.path / "parts" / "b" / "keys" / "zarr.json").read_text())
     assert node["data_type"] == "uint32"
-    sharding = node["codecs"][0]
-    assert sharding["name"] == "sharding_indexed"
-    inner = [c["name"] for c in sharding["configuration"]["codecs"]]
-    assert inner == ["bytes", "blosc", "crc32c"]
-    blosc = sharding["configuration"]["codecs"][1]["configuration"]
+    # one chunk: no sharding codec (arrays of several chunks are sharded, see
+    # test_store_integrity); every chunk carries its crc32c
+    assert [c["name"] for c in node["codecs"]] == ["bytes", "blosc", "crc32c"]
+    blosc = node["codecs"][1]["configuration"]
     assert (blosc["cname"], blosc["shuffle"]) == ("zstd", "shuffle")
     masses = json.loads((two_part_store.path / "parts" / "b" / "masses" / "zarr.json").read_text())
     assert masses["data_type"] == "float16"
     arrays = sorted(p.name for p in (two_part_store.path / "parts" / "b").iterdir() if p.is_dir())
-    assert arrays == sorted(["trace_row_ptr", "row_entry_ptr", "row_tokens", "keys", "masses",
-                             "agg_ptr", "agg_keys", "agg_masses", "token_ptr", "token_ids",
-                             *TOKEN_STAT_NAMES])
-    assert "entropy" not in {p.name for p in (two_part_store.path / "parts" / "a").iterdir()}
+    assert arrays == ["agg_residuals", "keys", "masses", "pointers", "token_ids", "token_stats"]
+    assert "token_stats" not in {p.name for p in (two_part_store.path / "parts" / "a").iterdir()}
+    group = json.loads((two_part_store.path / "parts" / "b" / "zarr.json").read_text())
+    assert group["attributes"]["aggregates"] == "derived"
+    assert group["attributes"]["token_stats"] == list(TOKEN_STAT_NAMES)
+    residuals = zarr.open_array(str(two_part_store.path / "parts" / "b" / "agg_residuals"))
+    assert residuals.dtype == np.uint16
     assert two_part_store.manifest().column_names == [
         "trace_id", "prompt_id", "sample_index", "model_id", "model_revision", "part",
         "trace_index", "row_start", "row_stop", "entry_start", "entry_stop", "agg_start",

@@ -62,16 +62,16 @@ def delete_shard(store: Path) -> str:
 
 
 def truncate_shard(store: Path) -> str:
-    target = shard_files(store, "row_entry_ptr")[-1]
+    target = shard_files(store, "pointers")[-1]
     target.write_bytes(target.read_bytes()[:target.stat().st_size // 2])
-    return "row_entry_ptr"
+    return "pointers"
 
 
 def empty_shard(store: Path) -> str:
     """Truncated to nothing: zarr alone would read the shard back as fill values."""
-    target = shard_files(store, "agg_masses")[0]
+    target = shard_files(store, "agg_residuals")[0]
     target.write_bytes(b"")
-    return "agg_masses"
+    return "agg_residuals"
 
 
 DAMAGE = {"flipped-byte": flip_middle, "deleted-shard": delete_shard,
