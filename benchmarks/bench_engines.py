@@ -16,19 +16,16 @@ The store (124 M row entries, ~0.6 GB) is built once (about 100 s) into ``--cach
 
 from __future__ import annotations
 
-import os
-
 # One worker = one core: no BLAS/OpenMP threads, and zarr decodes chunks on one thread
 # (its default thread pool would let the in-process core and a one-worker cluster use
 # both cores while reading, which hides the cost of a second worker). Worker processes
-# inherit these variables.
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-             "BLOSC_NTHREADS", "ZARR_THREADING__MAX_WORKERS"):
-    os.environ.setdefault(_var, "1")
+# inherit these variables, which _shared sets on import.
+from _shared import REPO, add_cache_argument, cached_store, warn_if_loaded
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import logging  # noqa: E402
+import os  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -37,39 +34,26 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipelines import tables  # noqa: E402
 from pipelines.engines import run_engine  # noqa: E402
 from pipelines.engines.plan import DEFAULT_BATCH_ENTRIES, ScoreConfig, plan_run  # noqa: E402
 from pipelines.engines.local import compute  # noqa: E402
-from pipelines.engines.synthetic import synthetic_store  # noqa: E402
 
 
 def build_store(cache: Path, n_traces: int, seed: int) -> Path:
     """The benchmark store, built once per (traces, seed) into ``cache``."""
-    path = cache / f"engines-store-v2-{n_traces}-{seed}"
-    if (path / "manifest.parquet").is_file():
-        return path
-    shutil.rmtree(path, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=cache))
-    start = time.perf_counter()
-    synthetic_store(tmp / "store", n_traces=n_traces, models=("model-a", "model-b"),
-                    traces_per_part=250, min_rows=20, max_rows=70, keys_per_row=300,
-                    n_layers=24, units_per_layer=4096, seed=seed)
-    (tmp / "store").rename(path)
-    shutil.rmtree(tmp, ignore_errors=True)
-    print(f"built {path} in {time.perf_counter() - start:.1f} s")
-    return path
+    return cached_store(cache, "engines-store", n_traces, seed, traces_per_part=250,
+                        min_rows=20, max_rows=70, keys_per_row=300, n_layers=24,
+                        units_per_layer=4096)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--traces", type=int, default=10000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cache", default=os.environ.get(
-        "NEX_BENCH_CACHE", str(Path(tempfile.gettempdir()) / "nex-bench-cache")))
+    add_cache_argument(parser)
     parser.add_argument("--batch-entries", type=int, default=DEFAULT_BATCH_ENTRIES)
     parser.add_argument("--skip", nargs="*", default=[],
                         help="engines to skip (local, beam, dask; 'warm' skips the standing-"
@@ -77,16 +61,11 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=3,
                         help="time each engine (and the core) this many times, keep the best")
     args = parser.parse_args(argv)
-    cache = Path(args.cache)
-    cache.mkdir(parents=True, exist_ok=True)
-    store = build_store(cache, args.traces, args.seed)
+    store = build_store(Path(args.cache), args.traces, args.seed)
     for path in store.rglob("*"):  # warm the page cache so the first engine pays no I/O
         if path.is_file():
             path.read_bytes()
-    load = os.getloadavg()[0]
-    if load > 0.5:
-        print(f"warning: load average {load:.2f} before the runs; other processes compete "
-              "for the cores and the ratios will be off")
+    warn_if_loaded("the ratios")
     config = ScoreConfig(store=str(store), batch_entries=args.batch_entries)
     plan = plan_run(config)
     print(f"store: {plan.n_traces} traces, {plan.store_summary['entries']:,} entries, "

@@ -21,14 +21,11 @@ The stores (about 12 M and 48 M row entries) are built once (about a minute) int
 
 from __future__ import annotations
 
-import os
-
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-             "BLOSC_NTHREADS", "ZARR_THREADING__MAX_WORKERS"):
-    os.environ.setdefault(_var, "1")
+from _shared import REPO, add_cache_argument, cached_store, warn_if_loaded
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import os  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -36,34 +33,21 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
 def build_store(cache: Path, n_traces: int, seed: int) -> Path:
     """A synthetic store of ``n_traces`` traces (about 1,200 row entries each), built
     once per (traces, seed) into ``cache``."""
-    from pipelines.engines.synthetic import synthetic_store
-
-    path = cache / f"scale-store-v1-{n_traces}-{seed}"
-    if (path / "manifest.parquet").is_file():
-        return path
-    shutil.rmtree(path, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=cache))
-    start = time.perf_counter()
-    synthetic_store(tmp / "store", n_traces=n_traces, models=("model-a", "model-b"),
-                    traces_per_part=500, min_rows=10, max_rows=30, keys_per_row=60,
-                    n_layers=16, units_per_layer=2048, seed=seed)
-    (tmp / "store").rename(path)
-    shutil.rmtree(tmp, ignore_errors=True)
-    print(f"built {path} in {time.perf_counter() - start:.1f} s", flush=True)
-    return path
+    return cached_store(cache, "scale-store", n_traces, seed, traces_per_part=500,
+                        min_rows=10, max_rows=30, keys_per_row=60, n_layers=16,
+                        units_per_layer=2048)
 
 
 def build_in_child(cache: Path, n_traces: int, seed: int) -> Path:
     """Build (or find) a store in a child process, so this process stays small: a child
     forked from a large parent would report the parent's pages in its own peak RSS."""
-    code = ("import sys, runpy; sys.path.insert(0, sys.argv[1]); "
+    code = ("import sys, runpy; sys.path[:0] = [sys.argv[1], sys.argv[1] + '/benchmarks']; "
             "mod = runpy.run_path(sys.argv[1] + '/benchmarks/bench_scale.py'); "
             "print(mod['build_store'](__import__('pathlib').Path(sys.argv[2]), "
             "int(sys.argv[3]), int(sys.argv[4])))")
@@ -103,18 +87,13 @@ def main(argv=None) -> int:
     parser.add_argument("--engine", default="local", choices=("local", "beam", "dask"))
     parser.add_argument("--workers", type=int, default=None, help="dask local workers")
     parser.add_argument("--repeat", type=int, default=2)
-    parser.add_argument("--cache", default=os.environ.get(
-        "NEX_BENCH_CACHE", str(Path(tempfile.gettempdir()) / "nex-bench-cache")))
+    add_cache_argument(parser)
     args = parser.parse_args(argv)
     cache = Path(args.cache)
-    cache.mkdir(parents=True, exist_ok=True)
     sizes = (args.traces, args.traces * args.factor)
     stores = {n: build_in_child(cache, n, args.seed) for n in sizes}
     extra = ["--workers", str(args.workers)] if args.workers else []
-    load = os.getloadavg()[0]
-    if load > 0.5:
-        print(f"warning: load average {load:.2f} before the runs; other processes compete "
-              "for the cores and the time ratio will be off")
+    warn_if_loaded("the time ratio")
     results: dict[int, list[dict]] = {n: [] for n in sizes}
     out_root = Path(tempfile.mkdtemp(prefix="nex-bench-scale-"))
     try:
