@@ -37,28 +37,39 @@ DATA = Path(__file__).resolve().parent / "data"
 
 
 def family_spec(preset: Preset) -> dict:
-    """The family file of a preset: every trained checkpoint but step 0 (random init,
-    kept only as the merge base) and five merges of the later checkpoints."""
+    """The family file of a preset: every trained checkpoint but step 0 (random init) and
+    five merges of the last three trained checkpoints ``a < b < c``.
+
+    The merges are chosen from the training schedule alone, before anything is
+    evaluated (docs/testbed.md, "Which merges"): late in the cosine schedule the steps
+    are small, so ``a``, ``b`` and ``c`` lie close together, and a merge of them lands
+    between (or, extrapolating, just beyond) its inputs instead of off the trajectory.
+    Linear interpolates the two last neighbours, SLERP the wider pair ``a``-``c``; task
+    arithmetic, TIES and DARE take their task vectors from ``a`` (the analogue of the
+    pre-trained base these methods are made for), not from the random initialisation,
+    whose "task vector" is the whole model. With only two trained checkpoints the base
+    falls back to the earliest saved one and SLERP pairs the two."""
     trained = [s for s in preset.checkpoints if s > 0]
     if len(trained) < 2:
         raise ValueError("a testbed family needs at least 2 trained checkpoints")
-    base = checkpoint_name(min(preset.checkpoints))
-    mid, prev, last = (checkpoint_name(trained[len(trained) // 2 - 1]),
-                       checkpoint_name(trained[-2]), checkpoint_name(trained[-1]))
+    base = trained[-3] if len(trained) >= 3 else min(preset.checkpoints)
+    a, b, c = (checkpoint_name(base), checkpoint_name(trained[-2]),
+               checkpoint_name(trained[-1]))
+    wide = checkpoint_name(trained[-min(3, len(trained))])
     ck = "checkpoints/"
     return {
-        "base": ck + base,
+        "base": ck + a,
         "variants": [
             {"name": "linear", "method": "linear",
-             "models": [{"model": ck + mid, "weight": 0.5}, {"model": ck + last, "weight": 0.5}]},
-            {"name": "slerp", "method": "slerp", "models": [ck + mid, ck + last], "t": 0.5},
+             "models": [{"model": ck + b, "weight": 0.5}, {"model": ck + c, "weight": 0.5}]},
+            {"name": "slerp", "method": "slerp", "models": [ck + wide, ck + c], "t": 0.5},
             {"name": "task-arith", "method": "task_arithmetic",
-             "models": [{"model": ck + last, "weight": 1.25}]},
+             "models": [{"model": ck + c, "weight": 1.25}]},
             {"name": "ties", "method": "ties",
-             "models": [{"model": ck + prev, "weight": 1.0, "density": 0.5},
-                        {"model": ck + last, "weight": 1.0, "density": 0.5}]},
+             "models": [{"model": ck + b, "weight": 1.0, "density": 0.5},
+                        {"model": ck + c, "weight": 1.0, "density": 0.5}]},
             {"name": "dare", "method": "dare_linear", "seed": 0,
-             "models": [{"model": ck + last, "weight": 1.0, "density": 0.7}]},
+             "models": [{"model": ck + c, "weight": 1.0, "density": 0.7}]},
         ],
     }
 
