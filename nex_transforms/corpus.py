@@ -266,7 +266,8 @@ class KeptRows:
         return np.repeat(np.arange(self.trace_ptr.size - 1), np.diff(self.trace_ptr))
 
     def entry_row(self) -> np.ndarray:
-        return np.repeat(np.arange(self.n_rows), np.diff(self.entry_ptr))
+        """Per entry, its kept-row index (int32: row counts stay far below 2^31)."""
+        return np.repeat(np.arange(self.n_rows, dtype=np.int32), np.diff(self.entry_ptr))
 
 
 def rows_sorted_unique(keys: np.ndarray, entry_ptr: np.ndarray) -> bool:

@@ -161,7 +161,7 @@ def novelty(rows: KeptRows, key_index: KeyIndex | None = None) -> Novelty:
     shared across batches to save rebuilding it when traces are short.
     """
     n_rows = rows.n_rows
-    entry_row = np.repeat(np.arange(n_rows, dtype=np.int32), np.diff(rows.entry_ptr))
+    entry_row = rows.entry_row()
     if rows.keys.size == 0:
         empty = np.zeros(0, np.int32)
         return Novelty(np.zeros(n_rows, np.int64), np.zeros(n_rows), empty, np.zeros(0, bool),
