@@ -23,7 +23,12 @@ the whole process, ``time.process_time`` inside it for compute only). On a machi
 with other work the wall clock also counts the time the pinned core spent on other
 processes; the CPU time does not. It checks that both give the same answers (per-response
 GMFs, NEX, weight signs) and prints the ratios, best of the rounds and the range of the
-per-round ratios (targets >= 20x whole process, >= 30x compute only). The reference
+per-round ratios (targets >= 20x whole process, >= 30x compute only). It also
+measures a NumPy floor in the same rounds: ``python -c "import numpy"``, and, on the same
+cache, only the passes any NumPy implementation must make (map the files, convert every
+float16 mass once, one scatter and one gather per entry to find each key's first row in
+its response, one weight lookup per aggregate entry), and prints the ratios a NumPy-only
+core could reach at best. The reference
 needs numpy, scikit-learn and hmmlearn (its requirements.txt); ``--reference-python``
 names an interpreter that has them (default ``DIR/.venv/bin/python`` when it exists).
 
@@ -93,6 +98,33 @@ print(json.dumps({"seconds": seconds, "cpu": time.process_time() - cpu,
                   "nex": float(np.nanmean(scores))}))
 """
 
+# The NumPy floor: passes any NumPy implementation of the method has to make over this
+# cache, written plainly (no project code): map the files, convert every float16 mass
+# once, find each entry's first row in its response with one scatter and one gather per
+# entry (a sort is slower), and look up one weight per aggregate entry. Segmentation,
+# reuse, credit and the score sums are left out, so the method costs more than this.
+_NUMPY_FLOOR = """
+import json, mmap, sys, time
+import numpy as np
+def load(rel, dtype):
+    with open(sys.argv[1] + "/" + rel, "rb") as handle:
+        return np.frombuffer(mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ), dtype)
+cpu = time.process_time()
+keys, masses = load("rows/keys.uint32", "<u4"), load("rows/w_sum.float16", "<f2")
+row_ptr, trace_rows = load("rows/row_ptr.int64", "<i8"), load("rows/sample_row_ptr.int64", "<i8")
+base_keys = load("base/keys.uint32", "<u4")
+clean = masses.astype(np.float64)
+row = np.repeat(np.arange(row_ptr.size - 1, dtype=np.int32), np.diff(row_ptr))
+table, first = np.empty(1 << 22, np.int32), np.empty(keys.size, np.int32)
+bounds = row_ptr[trace_rows].tolist()
+for a, b in zip(bounds[:-1], bounds[1:]):
+    k = keys[a:b].astype(np.intp)
+    table[k[::-1]] = row[a:b][::-1]
+    np.take(table, k, out=first[a:b], mode="clip")
+weight = np.take(np.zeros(1 << 22, np.float32), base_keys, mode="clip")
+print(json.dumps({"cpu": time.process_time() - cpu, "seconds": 0.0}))
+"""
+
 
 def _children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -149,6 +181,7 @@ def reference_benchmark(args) -> int:
         cache = str(write_rows_cache(corpus, tmp / "cache"))
         del corpus
         ours_whole, ref_whole, ours_compute, ref_compute = [], [], [], []
+        numpy_start, numpy_floor = [], []
         for i in range(args.repeat):
             ours_whole.append(_run(pin + [sys.executable, "-m", "pipelines.cli", "rows-cache",
                                           "run", cache, "--out", str(tmp / f"ours{i}")], env))
@@ -158,6 +191,8 @@ def reference_benchmark(args) -> int:
             ours_compute.append(_compute(pin + [sys.executable, "-c", _OURS_COMPUTE, cache], env))
             ref_compute.append(_compute(pin + [ref_python, "-c", _REFERENCE_COMPUTE, str(ref),
                                                cache], env))
+            numpy_start.append(_run(pin + [sys.executable, "-c", "import numpy"], env))
+            numpy_floor.append(_compute(pin + [sys.executable, "-c", _NUMPY_FLOOR, cache], env))
             print(f"  round {i + 1} (reference / ours): whole process "
                   f"{ref_whole[-1]['seconds']:.2f} s / {ours_whole[-1]['seconds']:.2f} s wall, "
                   f"{ref_whole[-1]['cpu']:.2f} s / {ours_whole[-1]['cpu']:.2f} s CPU; compute "
@@ -193,6 +228,19 @@ def reference_benchmark(args) -> int:
               f"{args.repeat}; per-round range): whole process {whole:.1f}x ({w_lo:.1f}-"
               f"{w_hi:.1f}x, target >= 20x), compute only {compute:.1f}x ({c_lo:.1f}-"
               f"{c_hi:.1f}x, target >= 30x)")
+    # The best any NumPy-only core could do here: the floor passes for compute only, and
+    # interpreter start + ``import numpy`` + the same passes for the whole process.
+    start_cpu = min(r["cpu"] for r in numpy_start)
+    floor_cpu = min(r["cpu"] for r in numpy_floor)
+    ref_compute_cpu = min(r["cpu"] for r in ref_compute)
+    ref_whole_cpu = min(r["cpu"] for r in ref_whole)
+    print(f"NumPy floor (CPU time, best of {args.repeat}): python + import numpy "
+          f"{start_cpu:.3f} s; mapping the cache, converting every mass once, one scatter + "
+          f"one gather per entry, one weight per aggregate entry {floor_cpu:.3f} s "
+          f"(no segmentation, reuse, credit or sums)")
+    print(f"ceiling for a NumPy-only core on this machine: compute only "
+          f"{ref_compute_cpu / floor_cpu:.1f}x, whole process "
+          f"{ref_whole_cpu / (start_cpu + floor_cpu):.1f}x (targets 30x and 20x)")
     return 0
 
 

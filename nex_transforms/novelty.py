@@ -169,6 +169,8 @@ def novelty(rows: KeptRows, key_index: KeyIndex | None = None) -> Novelty:
     first = first_rows(rows.keys, entry_row, rows.entry_ptr, rows.trace_ptr, key_index)
     # keys are unique within a kept row, so each new entry is one new key
     is_new = first == entry_row
-    new_counts = np.add.reduceat(is_new, rows.entry_ptr[:-1], dtype=np.int64)
+    # kept rows are never empty; summing bytes into int32 is twice as fast as into int64
+    new_counts = np.add.reduceat(is_new.view(np.uint8), rows.entry_ptr[:-1],
+                                 dtype=np.int32).astype(np.int64)
     slopes = new_counts / rows.row_tokens
     return Novelty(new_counts, slopes, first, is_new, entry_row)

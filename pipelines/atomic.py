@@ -25,10 +25,6 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     return path
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    return atomic_write(path, lambda p: p.write_bytes(data))
-
-
 def atomic_write_json(path: str | os.PathLike, payload: dict) -> Path:
     text = json.dumps(payload, indent=2, sort_keys=True) + "\n"
     return atomic_write(path, lambda p: p.write_text(text))

@@ -11,9 +11,9 @@ import numpy as np
 from nex_transforms import KEY_SPACE, NexParams, WeightsError, accumulate, analyse, score_corpus
 from nex_transforms.errors import expected
 
-from ..atomic import atomic_write_bytes, atomic_write_json
+from ..atomic import atomic_write, atomic_write_json
 from ..rows_cache import read_rows_cache
-from ..weights_io import load_weights, npy_bytes, weights_bytes
+from ..weights_io import load_weights, write_npy, write_weights
 
 
 def add_method_options(parser: argparse.ArgumentParser) -> None:
@@ -61,8 +61,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise WeightsError(expected("--out", "a directory", f"a file {out}"))
-    atomic_write_bytes(out / "weights.npz", weights_bytes(weights))
-    atomic_write_bytes(out / "response_scores.npy", npy_bytes(result.gmf))
+    atomic_write(out / "weights.npz", lambda path: write_weights(path, weights))
+    atomic_write(out / "response_scores.npy", lambda path: write_npy(path, result.gmf))
     atomic_write_json(out / "summary.json", summary)
     _report(summary, args.json)
     return 0
@@ -72,7 +72,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
     params = params_from_args(args)
     corpus = read_rows_cache(args.cache)
     weights = accumulate(corpus, params).finalize(params.eps)
-    atomic_write_bytes(args.out, weights_bytes(weights))
+    atomic_write(args.out, lambda path: write_weights(path, weights))
     print(f"wrote {args.out}: {np.count_nonzero(weights)} non-zero weights "
           f"({(weights > 0).sum()} positive, {(weights < 0).sum()} negative) of {KEY_SPACE}")
     return 0
