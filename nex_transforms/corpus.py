@@ -14,7 +14,7 @@ import numpy as np
 
 from .errors import CorpusError, expected
 from .params import KEY_SPACE, RESERVED_LAYER, UNIT_BITS
-from .segments import kept_pointer, ranges, segment_sums
+from .segments import chunks, kept_pointer, ranges, segment_sums
 
 
 def _as_pointer(name: str, values, n_items: int | None = None) -> np.ndarray:
@@ -295,6 +295,28 @@ def sort_unique_rows(keys: np.ndarray, masses: np.ndarray, entry_ptr: np.ndarray
     return keys[starts], merged, np.concatenate([[0], np.cumsum(counts)])
 
 
+def _clean_rows(keys: np.ndarray, masses: np.ndarray, entry_ptr: np.ndarray):
+    """Sanitised float64 masses, the total mass of each row, and whether every row's keys
+    are strictly ascending; in chunks of rows (:func:`~.segments.chunks`), so that each
+    chunk is converted, checked and summed while it is in the CPU cache.
+    """
+    clean = np.empty(masses.size)
+    total = np.zeros(entry_ptr.size - 1)
+    ascending = True
+    for r0, r1 in chunks(entry_ptr):
+        a, b = int(entry_ptr[r0]), int(entry_ptr[r1])
+        part = clean[a:b]
+        part[...] = masses[a:b]
+        # min() is NaN when any value is NaN, and the comparison then fails
+        if part.size and not (part.min() >= 0 and part.max() < np.inf):
+            part[~np.isfinite(part)] = 0.0
+            np.maximum(part, 0.0, out=part)
+        local = entry_ptr[r0:r1 + 1] - a
+        total[r0:r1] = segment_sums(part, local)
+        ascending = ascending and rows_sorted_unique(keys[a:b], local)
+    return clean, total, ascending
+
+
 def kept_rows(corpus: RowCorpus, min_rows: int) -> KeptRows:
     """Sanitise a corpus and keep the rows and traces NEX analyses.
 
@@ -304,16 +326,16 @@ def kept_rows(corpus: RowCorpus, min_rows: int) -> KeptRows:
     are sorted, and a key repeated inside a row has its masses added).
     """
     n_rows = corpus.n_rows
-    live, clean = sanitise_masses(corpus.keys, corpus.masses)
-    entry_ptr = corpus.row_entry_ptr
-    keys = corpus.keys
-    if live is not None:
-        keys, clean = keys[live], clean[live]
+    keys, masses, entry_ptr = corpus.keys, corpus.masses, corpus.row_entry_ptr
+    if keys.size and keys.max() >= KEY_SPACE:  # only layer-255 keys can be this large
+        live = (keys >> UNIT_BITS) != RESERVED_LAYER
+        keys, masses = keys[live], masses[live]
         entry_ptr = kept_pointer(entry_ptr, live)
-    if not rows_sorted_unique(keys, entry_ptr):
+    clean, total, ascending = _clean_rows(keys, masses, entry_ptr)
+    if not ascending:
         keys, clean, entry_ptr = sort_unique_rows(keys, clean, entry_ptr)
+        total = segment_sums(clean, entry_ptr)
     n_keys = np.diff(entry_ptr)
-    total = segment_sums(clean, entry_ptr)
     row_ok = (n_keys > 0) & (total > 0) & (corpus.row_tokens > 0)
     row_trace = np.repeat(np.arange(corpus.n_traces), np.diff(corpus.trace_row_ptr))
     per_trace = np.bincount(row_trace[row_ok], minlength=corpus.n_traces)

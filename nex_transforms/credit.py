@@ -11,7 +11,7 @@ from .errors import CorpusError, expected
 from .novelty import KeyIndex, Novelty, novelty
 from .params import KEY_SPACE, NexParams
 from .segmentation import Segmentation, segment
-from .segments import grouped_median, run_starts, segment_sums
+from .segments import chunks, grouped_median, run_starts, segment_sums
 
 
 @dataclass(frozen=True)
@@ -90,12 +90,7 @@ def cycle_credit(rows: KeptRows, nov: Novelty, seg: Segmentation, params: NexPar
     x_rows = ~explore & (row_cycle >= 0)
     row_e_cycle = np.where(explore, row_cycle, -1).astype(np.int32)
     row_x_cycle = np.where(x_rows, row_cycle, -2).astype(np.int32)
-    entry_row = nov.entry_row
-    row_counts = np.diff(rows.entry_ptr)
-    # np.take/np.repeat: the same gathers as fancy indexing, without bounds checks
-    reused = np.take(row_e_cycle, nov.first_row, mode="clip") == np.repeat(row_x_cycle,
-                                                                          row_counts)
-    row_reuse = segment_sums(rows.masses * reused, rows.entry_ptr)
+    row_reuse = _reused_mass(rows, nov, row_e_cycle, row_x_cycle, x_rows)
     row_mass = rows.row_mass
     total_x = np.bincount(row_cycle[x_rows], weights=row_mass[x_rows], minlength=n_cycles)
     reuse = np.bincount(row_cycle[x_rows], weights=row_reuse[x_rows], minlength=n_cycles)
@@ -111,11 +106,8 @@ def cycle_credit(rows: KeptRows, nov: Novelty, seg: Segmentation, params: NexPar
     # Credit: new keys of the E rows of credited cycles, mass times the cycle's scale.
     give_row = e_rows.copy()
     give_row[e_rows] = credited[row_cycle[e_rows]]
-    entries = np.flatnonzero(nov.is_new & np.repeat(give_row, row_counts))
-    cycle_of_entry = row_cycle[entry_row[entries]]
-    amounts = rows.masses[entries] * scale[cycle_of_entry]
-    is_eff = effective[cycle_of_entry]
-    entry_keys = rows.keys[entries]
+    entry_keys, amounts, is_eff = _credited_entries(rows, nov, give_row, row_cycle, scale,
+                                                    effective)
     if key_index is None:
         key_index = KeyIndex.build(entry_keys)
     key_id = key_index.ids(entry_keys)
@@ -138,6 +130,47 @@ def cycle_credit(rows: KeptRows, nov: Novelty, seg: Segmentation, params: NexPar
         cycle_credited=credited.astype(bool),
         cycle_effective=effective.astype(bool),
     )
+
+
+def _reused_mass(rows: KeptRows, nov: Novelty, row_e_cycle: np.ndarray,
+                 row_x_cycle: np.ndarray, x_rows: np.ndarray) -> np.ndarray:
+    """Per kept row, the mass of its entries whose key first appeared in an E row of the
+    row's own cycle (0 outside the X rows of cycles).
+
+    In chunks of rows (:func:`~.segments.chunks`); chunks without an X row are skipped.
+    """
+    entry_ptr = rows.entry_ptr
+    row_counts = np.diff(entry_ptr)
+    out = np.zeros(row_counts.size)
+    for r0, r1 in chunks(entry_ptr):
+        if not x_rows[r0:r1].any():
+            continue
+        a, b = int(entry_ptr[r0]), int(entry_ptr[r1])
+        # np.take/np.repeat: the same gathers as fancy indexing, without bounds checks
+        hit = np.take(row_e_cycle, nov.first_row[a:b], mode="clip")
+        hit = hit == np.repeat(row_x_cycle[r0:r1], row_counts[r0:r1])
+        out[r0:r1] = segment_sums(rows.masses[a:b] * hit, entry_ptr[r0:r1 + 1] - a)
+    return out
+
+
+def _credited_entries(rows: KeptRows, nov: Novelty, give_row: np.ndarray,
+                      row_cycle: np.ndarray, scale: np.ndarray, effective: np.ndarray):
+    """Keys, credit amounts and effective flags of the new entries of the rows in
+    ``give_row``, in entry order (chunks of rows; chunks without such a row skipped)."""
+    entry_ptr = rows.entry_ptr
+    row_counts = np.diff(entry_ptr)
+    keys, amounts, is_eff = [np.zeros(0, np.uint32)], [np.zeros(0)], [np.zeros(0, bool)]
+    for r0, r1 in chunks(entry_ptr):
+        if not give_row[r0:r1].any():
+            continue
+        a, b = int(entry_ptr[r0]), int(entry_ptr[r1])
+        picked = np.flatnonzero(nov.is_new[a:b] & np.repeat(give_row[r0:r1],
+                                                            row_counts[r0:r1]))
+        cycle = row_cycle[nov.entry_row[a:b][picked]]
+        keys.append(rows.keys[a:b][picked])
+        amounts.append(rows.masses[a:b][picked] * scale[cycle])
+        is_eff.append(effective[cycle])
+    return np.concatenate(keys), np.concatenate(amounts), np.concatenate(is_eff)
 
 
 @dataclass(frozen=True)

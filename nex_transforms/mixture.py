@@ -21,14 +21,14 @@ _LOG_2PI = float(np.log(2.0 * np.pi))
 _TINY = 10.0 * np.finfo(np.float64).eps
 
 
-def _random_draws() -> tuple[float, np.ndarray]:
+@lru_cache(maxsize=1)
+def _random_draws() -> tuple[float, tuple[float, float]]:
+    """The draws k-means++ takes from ``RandomState(0)``: the first centre's, then the
+    two trials' (drawn on first use: importing ``numpy.random`` costs ~15 ms)."""
     state = np.random.RandomState(0)
     first = state.random_sample()
     trials = state.uniform(size=2)
-    return float(first), trials
-
-
-_FIRST_DRAW, _TRIAL_DRAWS = _random_draws()
+    return float(first), (float(trials[0]), float(trials[1]))
 
 
 @lru_cache(maxsize=4096)
@@ -36,7 +36,7 @@ def _first_center_index(n: int) -> int:
     """Index ``RandomState(0).choice(n, p=ones(n)/n)`` picks."""
     cdf = np.cumsum(np.full(n, 1.0) / n)
     cdf /= cdf[-1]
-    return int(cdf.searchsorted(_FIRST_DRAW, side="right"))
+    return int(cdf.searchsorted(_random_draws()[0], side="right"))
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ def kmeans_labels(x: np.ndarray, mask: np.ndarray, max_iter: int = 300,
     cum = np.cumsum(closest, axis=1)
     best_pot = np.full(n_batch, np.inf)
     best_center = np.zeros(n_batch)
-    for draw in _TRIAL_DRAWS:
+    for draw in _random_draws()[1]:
         target = draw * pot
         cand = np.minimum((cum < target[:, None]).sum(axis=1), counts - 1)
         cx = xc[rows, cand]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .corpus import Aggregates, sanitise_masses
-from .segments import kept_pointer, segment_sums
+from .segments import chunks, kept_pointer, segment_sums
 from .errors import WeightsError, expected
 from .params import KEY_SPACE
 
@@ -29,18 +29,26 @@ def good_mass_fraction(aggregates: Aggregates, weights: np.ndarray) -> np.ndarra
     """GMF of every trace: ``sum(m * max(w, 0)) / sum(m * |w|)`` over its aggregate.
 
     0 when the denominator is 0; NaN for a trace with no keys (after dropping layer-255
-    keys).
+    keys). Traces are summed in chunks of about :data:`~.segments.CHUNK_ENTRIES` entries
+    (each trace whole), so no temporary grows with the corpus.
     """
     weights = check_weights(weights)
-    keep, masses = sanitise_masses(aggregates.keys, aggregates.masses)
-    keys, ptr = aggregates.keys, aggregates.row_ptr
-    if keep is not None:
-        masses, keys = masses[keep], keys[keep]
-        ptr = kept_pointer(ptr, keep)
-    w = np.take(weights, keys, mode="clip").astype(np.float64)
-    good = segment_sums(masses * np.maximum(w, 0.0), ptr)
-    total = segment_sums(masses * np.abs(w), ptr)
-    n_keys = np.diff(ptr)
+    row_ptr = aggregates.row_ptr
+    n_traces = row_ptr.size - 1
+    good, total = np.zeros(n_traces), np.zeros(n_traces)
+    n_keys = np.diff(row_ptr)
+    for first, stop in chunks(row_ptr):
+        a, b = int(row_ptr[first]), int(row_ptr[stop])
+        keys = aggregates.keys[a:b]
+        keep, masses = sanitise_masses(keys, aggregates.masses[a:b])
+        ptr = row_ptr[first:stop + 1] - a
+        if keep is not None:
+            masses, keys = masses[keep], keys[keep]
+            ptr = kept_pointer(ptr, keep)
+            n_keys[first:stop] = np.diff(ptr)
+        w = np.take(weights, keys, mode="clip")
+        good[first:stop] = segment_sums(masses * np.maximum(w, 0.0), ptr)
+        total[first:stop] = segment_sums(masses * np.abs(w), ptr)
     with np.errstate(divide="ignore", invalid="ignore"):
         gmf = np.where(total > 0, good / total, 0.0)
     gmf[n_keys == 0] = np.nan

@@ -94,3 +94,25 @@ def kept_pointer(ptr: np.ndarray, keep: np.ndarray) -> np.ndarray:
     owner = segment_ids(ptr)
     counts = np.bincount(owner[keep], minlength=ptr.size - 1)
     return np.concatenate([[0], np.cumsum(counts)])
+
+
+#: Entries per step of the chunked per-entry passes: their temporaries stay small enough
+#: to be reused from the CPU cache instead of being fresh memory (page faults) each time.
+CHUNK_ENTRIES = 1 << 16
+
+
+def chunks(ptr: np.ndarray, chunk_entries: int | None = None) -> list:
+    """Consecutive ``(first, stop)`` segment ranges of about ``chunk_entries`` elements.
+
+    ``ptr`` is a CSR pointer; chunks follow segment boundaries (a segment longer than
+    ``chunk_entries`` is a chunk of its own) and cover every segment in order.
+    ``chunk_entries`` defaults to :data:`CHUNK_ENTRIES`.
+    """
+    chunk_entries = CHUNK_ENTRIES if chunk_entries is None else chunk_entries
+    out, start, n_segments = [], 0, ptr.size - 1
+    while start < n_segments:
+        stop = int(np.searchsorted(ptr, ptr[start] + chunk_entries, side="right")) - 1
+        stop = min(max(stop, start + 1), n_segments)
+        out.append((start, stop))
+        start = stop
+    return out
