@@ -209,13 +209,17 @@ TWO_MODELS_NOTE = ("With two models, Spearman and Kendall can only be +1, -1 or 
                    "score tracks accuracy.")
 
 
-def shared_prompts(data: dict, models: list[str]) -> dict:
+def shared_prompts(data: dict, models: list[str], prompt_groups: dict | None = None) -> dict:
     """The prompts every model in ``models`` has (by prompt id, among each model's
     evaluable prompts: every response has a reference), and on each the same number of
     samples: the smallest number any model has for that prompt, taking each model's
     responses with the lowest sample indices. Returns the kept response indices per model
-    and what was kept and left out."""
-    groups = {m: {g["prompt_id"]: g for g in _prompt_groups(data, m)} for m in models}
+    and what was kept and left out. ``prompt_groups`` (model -> its prompt groups, as
+    :func:`evaluate` builds them) saves building them again."""
+    prompt_groups = prompt_groups or {}
+    groups = {m: {g["prompt_id"]: g for g in (prompt_groups[m] if m in prompt_groups
+                                                else _prompt_groups(data, m))}
+              for m in models}
     shared = sorted(set.intersection(*(set(g) for g in groups.values()))) if groups else []
     samples = {p: min(groups[m][p]["index"].size for m in models) for p in shared}
     kept, counts = {}, {}
@@ -235,16 +239,21 @@ def shared_prompts(data: dict, models: list[str]) -> dict:
             "samples_max": max(per_prompt) if per_prompt else 0}
 
 
-def across_models(data: dict, models: list[str]) -> dict | None:
+def across_models(data: dict, models: list[str],
+                  prompt_groups: dict | None = None) -> dict | None:
     """Accuracy against each model-level score on the prompts every model shares
     (:func:`shared_prompts`): model-level NEX (mean GMF) and each baseline's mean over the
     same responses, Spearman, Kendall, and whether the top-ranked model is the most
     accurate. None with fewer than 2 gradable models; with no shared prompt, a message
-    and no scores."""
-    gradable = [m for m in models if _prompt_groups(data, m)]
+    and no scores. ``prompt_groups`` as in :func:`shared_prompts`."""
+    prompt_groups = dict(prompt_groups or {})
+    for m in models:
+        if m not in prompt_groups:
+            prompt_groups[m] = _prompt_groups(data, m)
+    gradable = [m for m in models if prompt_groups[m]]
     if len(gradable) < 2:
         return None
-    shared = shared_prompts(data, gradable)
+    shared = shared_prompts(data, gradable, prompt_groups)
     out = {"models": gradable, "shared_prompts": shared["prompts"],
            "samples_min": shared["samples_min"], "samples_max": shared["samples_max"],
            "counts": shared["counts"], "accuracy": [], "model_scores": {}, "scores": {},
@@ -333,9 +342,10 @@ def evaluate(data: EvalData, seed: int = 0, n_boot: int = 1000, n_bins: int = 5)
     accuracy = {}
     row_sizes = {m: s.get("row_size") for s in data.sources for m in s["models"]}
     budgets = {m: s.get("max_new_tokens") for s in data.sources for m in s["models"]}
+    prompt_groups = {}
     for model in model_names:
         member = responses["model"] == model
-        groups = _prompt_groups(responses, model)
+        groups = prompt_groups[model] = _prompt_groups(responses, model)
         statuses = responses["status"][member].tolist()
         sizes = [g["correct"].size for g in groups]
         n_max = min(sizes) if sizes else 0
@@ -373,7 +383,7 @@ def evaluate(data: EvalData, seed: int = 0, n_boot: int = 1000, n_bins: int = 5)
         }
         entry["phase_examples"] = phase_examples(data.phases, responses, model)
         result["models"][model] = entry
-    result["across_models"] = across_models(responses, model_names)
+    result["across_models"] = across_models(responses, model_names, prompt_groups)
     result["model_table"] = [
         {"model": m["model"], "model_id": m["model_id"], "tables": m["tables"],
          "accuracy": accuracy.get(m["model"]), "nex": m["nex"], "log_gap": m["log_gap"],

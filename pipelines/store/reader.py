@@ -132,12 +132,12 @@ class _UnitReader:
             self.attrs = dict(self.group.attrs)
             self.version = int(self.attrs.get("schema_version", store.schema_version))
             self.storage = check_storage(self.attrs.get("storage") or store.storage)
-            self.sections = sections(dict(self.attrs, schema_version=self.version))
-            self.derived = aggregates_mode(dict(self.attrs, schema_version=self.version)) \
-                == AGGREGATES_DERIVED
+            versioned = dict(self.attrs, schema_version=self.version)
+            self.sections = sections(versioned)
+            self.derived = aggregates_mode(versioned) == AGGREGATES_DERIVED
             self.names = {name for name, where in self.sections.items()
                           if where[0] in self.physical}
-            self.lengths = physical_lengths(dict(self.attrs, schema_version=self.version))
+            self.lengths = physical_lengths(versioned)
         except BatchReadError:
             raise
         except (StoreError, OSError, ValueError, KeyError) as err:
