@@ -19,8 +19,9 @@ separate processes pinned to one core (``taskset -c CORE``), alternating, best o
   inside each process after its imports.
 
 Both sides run from copies compiled to bytecode beforehand (as installed packages are), so
-no run pays for compiling its sources. Each is timed twice: wall clock, and CPU time (user + system, of the child process for
-the whole process, ``time.process_time`` inside it for compute only). On a machine shared
+no run pays for compiling its sources. Each is timed twice: wall clock, and CPU time (user
++ system, of the child process for the whole process, ``time.process_time`` inside it for
+compute only). On a machine shared
 with other work the wall clock also counts the time the pinned core spent on other
 processes; the CPU time does not. It checks that both give the same answers (per-response
 GMFs, NEX, weight signs) and prints the ratios, best of the rounds and the range of the

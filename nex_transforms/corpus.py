@@ -14,7 +14,7 @@ import numpy as np
 
 from .errors import CorpusError, expected
 from .params import KEY_SPACE, RESERVED_LAYER, UNIT_BITS
-from .segments import chunks, kept_pointer, ranges, segment_sums
+from .segments import chunks, kept_pointer, ranges, segment_ids, segment_sums
 
 
 def _as_pointer(name: str, values, n_items: int | None = None) -> np.ndarray:
@@ -148,16 +148,9 @@ class RowCorpus:
         """The whole-response aggregates: stored ones, else the per-key sum of the rows."""
         if self.aggregates is not None:
             return self.aggregates
-        entry_row = np.repeat(np.arange(self.n_rows), np.diff(self.row_entry_ptr))
-        row_trace = np.repeat(np.arange(self.n_traces), np.diff(self.trace_row_ptr))
-        trace = row_trace[entry_row]
-        combined = (trace.astype(np.int64) << 32) | self.keys.astype(np.int64)
-        uniq, inverse = np.unique(combined, return_inverse=True)
-        sums = np.bincount(inverse, weights=self.masses.astype(np.float64),
-                           minlength=uniq.size)
-        owner = uniq >> 32
-        ptr = np.searchsorted(owner, np.arange(self.n_traces + 1))
-        return Aggregates(ptr, (uniq & 0xFFFFFFFF).astype(np.uint32), sums.astype(np.float32))
+        ptr, keys, sums = trace_key_sums(self.trace_row_ptr, self.row_entry_ptr, self.keys,
+                                         self.masses)
+        return Aggregates(ptr, keys, sums.astype(np.float32))
 
     def slice_traces(self, start: int, stop: int) -> "RowCorpus":
         """Traces ``[start, stop)`` as a corpus of views (no copy of the entry arrays)."""
@@ -191,6 +184,20 @@ class RowCorpus:
         )
 
 
+def trace_key_sums(trace_row_ptr: np.ndarray, row_entry_ptr: np.ndarray, keys: np.ndarray,
+                   masses: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per trace, its distinct row keys (ascending) and the sum of each key's masses over
+    the trace's rows: ``(ptr, keys, sums)``, a CSR pointer over traces (int64), uint32
+    keys and float64 sums added in entry order (the same entries give the same bits)."""
+    entry_trace = segment_ids(trace_row_ptr)[segment_ids(row_entry_ptr)]
+    combined = (entry_trace.astype(np.int64) << 32) | np.asarray(keys).astype(np.int64)
+    unique, inverse = np.unique(combined, return_inverse=True)
+    sums = np.bincount(inverse.ravel(), weights=np.asarray(masses, np.float64),
+                       minlength=unique.size)
+    ptr = np.searchsorted(unique >> 32, np.arange(trace_row_ptr.size)).astype(np.int64)
+    return ptr, (unique & 0xFFFFFFFF).astype(np.uint32), sums
+
+
 def concat_corpora(parts: list[RowCorpus]) -> RowCorpus:
     """Concatenate corpora trace-wise (aggregates kept when every part has them)."""
     if not parts:
@@ -218,21 +225,30 @@ def concat_corpora(parts: list[RowCorpus]) -> RowCorpus:
     )
 
 
+def live_entries(keys: np.ndarray) -> np.ndarray | None:
+    """Mask of the entries whose key is not in the reserved layer 255 (None when every
+    entry is live: the common case costs one pass)."""
+    if keys.size and keys.max() >= KEY_SPACE:  # only layer-255 keys can be this large
+        return (keys >> UNIT_BITS) != RESERVED_LAYER
+    return None
+
+
+def clean_masses(values: np.ndarray) -> np.ndarray:
+    """Set non-finite float64 ``values`` to 0 and clip them at 0, in place; returns them."""
+    # min() is NaN when any value is NaN, and the comparison then fails
+    if values.size and not (values.min() >= 0 and values.max() < np.inf):
+        values[~np.isfinite(values)] = 0.0
+        np.maximum(values, 0.0, out=values)
+    return values
+
+
 def sanitise_masses(keys: np.ndarray, masses: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
     """Drop layer-255 keys, set non-finite masses to 0, clip at 0.
 
     Returns ``(keep, clean)``: a boolean mask over the entries (None when every entry is
     kept) and the float64 masses.
     """
-    keep = None
-    if keys.size and keys.max() >= KEY_SPACE:  # only layer-255 keys can be this large
-        keep = (keys >> UNIT_BITS) != RESERVED_LAYER
-    clean = masses.astype(np.float64)
-    # min() is NaN when any value is NaN, and the comparison then fails
-    if clean.size and not (clean.min() >= 0 and clean.max() < np.inf):
-        clean[~np.isfinite(clean)] = 0.0
-        np.maximum(clean, 0.0, out=clean)
-    return keep, clean
+    return live_entries(keys), clean_masses(masses.astype(np.float64))
 
 
 @dataclass(frozen=True)
@@ -307,10 +323,7 @@ def _clean_rows(keys: np.ndarray, masses: np.ndarray, entry_ptr: np.ndarray):
         a, b = int(entry_ptr[r0]), int(entry_ptr[r1])
         part = clean[a:b]
         part[...] = masses[a:b]
-        # min() is NaN when any value is NaN, and the comparison then fails
-        if part.size and not (part.min() >= 0 and part.max() < np.inf):
-            part[~np.isfinite(part)] = 0.0
-            np.maximum(part, 0.0, out=part)
+        clean_masses(part)
         local = entry_ptr[r0:r1 + 1] - a
         total[r0:r1] = segment_sums(part, local)
         ascending = ascending and rows_sorted_unique(keys[a:b], local)
@@ -327,8 +340,8 @@ def kept_rows(corpus: RowCorpus, min_rows: int) -> KeptRows:
     """
     n_rows = corpus.n_rows
     keys, masses, entry_ptr = corpus.keys, corpus.masses, corpus.row_entry_ptr
-    if keys.size and keys.max() >= KEY_SPACE:  # only layer-255 keys can be this large
-        live = (keys >> UNIT_BITS) != RESERVED_LAYER
+    live = live_entries(keys)
+    if live is not None:
         keys, masses = keys[live], masses[live]
         entry_ptr = kept_pointer(entry_ptr, live)
     clean, total, ascending = _clean_rows(keys, masses, entry_ptr)

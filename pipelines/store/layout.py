@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nex_transforms.segments import segment_ids
+from nex_transforms.corpus import trace_key_sums
 
 from .schema import PART_ARRAYS, TOKEN_STATS, StoreError, array_dtype
 
@@ -123,21 +123,15 @@ def derive_aggregates(trace_row_ptr: np.ndarray, row_entry_ptr: np.ndarray, keys
 
     trace_row_ptr = np.asarray(trace_row_ptr, np.int64)
     row_entry_ptr = np.asarray(row_entry_ptr, np.int64)
-    n_traces = trace_row_ptr.size - 1
     for name, ptr, n in (("row pointer", trace_row_ptr, row_entry_ptr.size - 1),
                          ("entry pointer", row_entry_ptr, np.asarray(keys).size)):
         if ptr.size == 0 or ptr[0] != 0 or ptr[-1] != n or (np.diff(ptr) < 0).any():
             raise StoreError(f"{name}: expected non-decreasing values from 0 to {n} to derive "
                              "the aggregates, got others")
-    entry_trace = segment_ids(trace_row_ptr)[segment_ids(row_entry_ptr)]
-    combined = (entry_trace.astype(np.int64) << 32) | np.asarray(keys).astype(np.int64)
-    unique, inverse = np.unique(combined, return_inverse=True)
-    sums = np.bincount(inverse.ravel(), weights=np.asarray(masses, np.float64),
-                       minlength=unique.size)
+    agg_ptr, agg_keys, sums = trace_key_sums(trace_row_ptr, row_entry_ptr, keys, masses)
     derived, _ = to_storage(sums, np.dtype(dtype))
     derived[np.isnan(derived)] = np.nan
-    agg_ptr = np.searchsorted(unique >> 32, np.arange(n_traces + 1)).astype(np.int64)
-    return agg_ptr, (unique & 0xFFFFFFFF).astype(np.uint32), derived
+    return agg_ptr, agg_keys, derived
 
 
 def residuals(given: np.ndarray, derived: np.ndarray) -> np.ndarray:

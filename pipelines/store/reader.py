@@ -132,12 +132,13 @@ class _UnitReader:
             self.attrs = dict(self.group.attrs)
             self.version = int(self.attrs.get("schema_version", store.schema_version))
             self.storage = check_storage(self.attrs.get("storage") or store.storage)
-            versioned = dict(self.attrs, schema_version=self.version)
-            self.sections = sections(versioned)
-            self.derived = aggregates_mode(versioned) == AGGREGATES_DERIVED
+            # the attributes with the version in force (schema-2 parts may not record it)
+            self.versioned = dict(self.attrs, schema_version=self.version)
+            self.sections = sections(self.versioned)
+            self.derived = aggregates_mode(self.versioned) == AGGREGATES_DERIVED
             self.names = {name for name, where in self.sections.items()
                           if where[0] in self.physical}
-            self.lengths = physical_lengths(versioned)
+            self.lengths = physical_lengths(self.versioned)
         except BatchReadError:
             raise
         except (StoreError, OSError, ValueError, KeyError) as err:
@@ -381,8 +382,7 @@ def read_part_arrays(store, part: str, table, names: list[str] | None = None) ->
     reader = _UnitReader(store, unit, whole=True)
     physical = {name: reader._physical(name) for name in sorted(reader.physical)}
     try:
-        logical = unpack(physical, dict(reader.attrs, schema_version=reader.version),
-                         reader.storage)
+        logical = unpack(physical, reader.versioned, reader.storage)
     except StoreError as err:
         raise BatchReadError(f"{unit.where()}: {err}") from None
     names = sorted(logical) if names is None else names

@@ -94,7 +94,7 @@ def first_rows_by_loop(rows):
 def test_both_first_row_paths_match_a_loop(seed, n_traces, key_pool):
     rows = kept_rows(small_corpus(seed, n_traces=n_traces, max_rows=9, key_pool=key_pool,
                                   dupes=True), 1)
-    entry_row = np.repeat(np.arange(rows.n_rows, dtype=np.int32), np.diff(rows.entry_ptr))
+    entry_row = rows.entry_row()
     bounds = rows.entry_ptr[rows.trace_ptr]
     want = first_rows_by_loop(rows)
     per_trace = np.empty(rows.keys.size, np.int32)
