@@ -33,7 +33,7 @@ import numpy as np
 
 from nex_transforms import NexParams, accumulate, learn_weights, score_corpus
 
-from .atomic import atomic_write_json
+from .crashsafe import atomic_write_json
 from .rows_cache import read_rows_cache
 from .synthetic import SyntheticSpec, synthetic_corpus
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from nex_transforms import NexError
 from nex_transforms.errors import expected
 
-from .atomic import atomic_write, atomic_write_json
+from .crashsafe import atomic_write, atomic_write_json
 
 #: Where the shipped calibration sets live (data files, read by path).
 CALIBRATION_SET_DIR = Path(__file__).resolve().parents[1] / "flows" / "calibration_sets"

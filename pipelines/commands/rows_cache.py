@@ -11,7 +11,7 @@ import numpy as np
 from nex_transforms import KEY_SPACE, NexParams, WeightsError, accumulate, analyse, score_corpus
 from nex_transforms.errors import expected
 
-from ..atomic import atomic_write, atomic_write_json
+from ..crashsafe import atomic_write, atomic_write_json
 from ..rows_cache import read_rows_cache
 from ..weights_io import load_weights, write_npy, write_weights
 

@@ -10,7 +10,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-from ..atomic import atomic_write
+from ..crashsafe import atomic_write
 
 
 def publish_folder(results: list[dict], tables: str | os.PathLike | dict,

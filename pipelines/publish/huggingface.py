@@ -55,7 +55,7 @@ def publish_huggingface(result: dict, model_folder: str | os.PathLike) -> dict:
         return {"card": 0}
     if before is not None and not text.endswith("\n"):
         text += "\n"
-    from ..atomic import atomic_write
+    from ..crashsafe import atomic_write
 
     atomic_write(path, lambda p: p.write_text(text))
     return {"card": 1}

@@ -27,11 +27,11 @@ import numpy as np
 from nex_transforms import RowCorpus
 from nex_transforms.errors import expected
 
-from ..atomic import atomic_write
+from ..crashsafe import (LEASE_FILE, Lease, atomic_write, create_exclusive, fault_point,
+                         lease_live, pause_point)
 from ..records import TraceRecord
 from .encode import EncodedPart, decode_records, encode_part
-from .fs import (LEASE_FILE, Lease, Location, create_exclusive, fault_point, group_node,
-                 lease_live, pause_point)
+from .fs import Location, group_node
 from .layout import AGGREGATES_DERIVED, AGGREGATES_STORED, aggregate_residuals, pack
 from .schema import (CONSOLIDATED_MANIFEST, MANIFESTS_DIR, PARQUET_OPTIONS, PARTS_DIR,
                      READABLE_SCHEMAS, SCHEMA_VERSION, STAGING_DIR, STORE_KIND, StoreError,
@@ -330,7 +330,7 @@ class ActivationStore:
 
         A crash at any point leaves a complete part or nothing visible; a half-written
         part left by a crash is replaced. The staging folder carries a lease (see
-        :class:`~pipelines.store.fs.Lease`): a second writer of the same part never
+        :class:`~pipelines.crashsafe.Lease`): a second writer of the same part never
         removes a live writer's staging, only one whose lease expired
         (``lease_seconds`` without a heartbeat, or its process dead on this host). ``extra_metadata``
         (JSON-serialisable, e.g. ``{"nan_activations": 3}``) is stored with the part;

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.store import ActivationStore
-from pipelines.store.fs import FAULT_ENV
+from pipelines.crashsafe import FAULT_ENV
 from pipelines.store.synthetic import synthetic_records
 from pipelines.store.verify import verify_store
 

@@ -16,7 +16,7 @@ from pipelines.cli import main
 from pipelines.records import TraceRecord
 from pipelines.rows_cache import read_rows_cache
 from pipelines.store import ActivationStore
-from pipelines.store.fs import LEASE_FILE, PAUSE_ENV, Lease, lease_live
+from pipelines.crashsafe import LEASE_FILE, PAUSE_ENV, Lease, lease_live
 from pipelines.store.rows_cache_io import export_rows_cache
 from pipelines.store.synthetic import synthetic_records
 from pipelines.store.verify import verify_store
