@@ -8,12 +8,11 @@ import base64
 import html
 import json
 import math
-import shutil
-import uuid
 from pathlib import Path
 
 from nex_transforms.errors import expected
 
+from ..crashsafe import replace_folder
 from . import plots
 from .grading import EvaluationError
 
@@ -247,8 +246,9 @@ def _html(markdown_text: str, folder: Path) -> str:
 
 def write_report(result: dict, grades: list[dict], report_dir: str | Path) -> dict:
     """Write the report folder (replacing an earlier report; any other non-empty folder
-    is refused). Built in a staging folder and renamed into place, so a failure leaves
-    the previous report untouched. Returns the paths written."""
+    is refused). Built beside it and swapped in whole
+    (:func:`~pipelines.crashsafe.replace_folder`), so a failure leaves the previous report
+    untouched. Returns the paths written."""
     report_dir = Path(report_dir).absolute()
     if report_dir.exists():
         if not report_dir.is_dir():
@@ -257,11 +257,7 @@ def write_report(result: dict, grades: list[dict], report_dir: str | Path) -> di
             raise EvaluationError(expected(f"--report {report_dir}",
                                            "a new, empty or earlier report folder",
                                            "a folder holding other files"))
-    report_dir.parent.mkdir(parents=True, exist_ok=True)
-    token = uuid.uuid4().hex[:12]
-    staging = report_dir.parent / f".{report_dir.name}.staging-{token}"
-    staging.mkdir()
-    try:
+    def build(staging: Path) -> None:
         made = _make_plots(result, staging / "plots")
         (staging / "report.json").write_text(
             json.dumps(result, indent=1, sort_keys=True, allow_nan=False) + "\n")
@@ -269,14 +265,8 @@ def write_report(result: dict, grades: list[dict], report_dir: str | Path) -> di
         markdown_text = _markdown(result, made)
         (staging / "report.md").write_text(markdown_text)
         (staging / "report.html").write_text(_html(markdown_text, staging))
-        trash = report_dir.parent / f".{report_dir.name}.old-{token}"
-        if report_dir.exists():
-            report_dir.rename(trash)
-        staging.rename(report_dir)
-        shutil.rmtree(trash, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+
+    replace_folder(report_dir, build)
     return {"report_dir": str(report_dir),
             "files": [str(report_dir / f) for f in REPORT_FILES],
             "plots": sorted(str(p) for p in (report_dir / "plots").glob("*.png"))}

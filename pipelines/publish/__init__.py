@@ -9,21 +9,20 @@ teams look for them.
 
 Every publisher compares before it writes: publishing the same tables twice changes
 nothing, and each returns how many things it changed. ``results_from_tables`` turns a
-tables folder into the result rows the publishers take (a workspace's completion markers
-are such rows already).
+tables folder into the result rows the publishers take (catalog rows, see
+:mod:`pipelines.catalog`; a workspace's completion markers are such rows already).
 """
 
 from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 
 from nex_transforms import NexError
 from nex_transforms.errors import expected
 
-RESULT_METRICS = ("nex", "log_gap", "mean_entropy", "mean_self_certainty", "mean_token_logprob",
-                  "deepconf_mean_confidence", "deepconf_lowest_group_confidence")
+from ..catalog import catalog_rows
+from ..tables import read_run
 
 
 class PublishError(NexError):
@@ -32,37 +31,13 @@ class PublishError(NexError):
 
 def results_from_tables(tables: str | os.PathLike, calibration_set: str = "default",
                         model_id: str | None = None) -> list[dict]:
-    """One result row per model of a tables folder (the workspace catalog's columns that
-    a tables folder alone can give)."""
-    from ..tables import read_run, read_table
-    from ..workspace import BASELINES, slug, tables_fingerprint
-
-    tables = Path(tables)
-    run = read_run(tables)
-    models = read_table(tables, "models").to_pylist()
-    if model_id is not None:
-        models = [m for m in models if m["model_id"] == model_id]
-        if not models:
-            raise PublishError(expected("--model-id", f"one of {run.get('models')}",
-                                        repr(model_id)))
-    fingerprint = tables_fingerprint(tables)
-    rows = []
-    for m in models:
-        rows.append({
-            "checkpoint": m["model_id"], "checkpoint_key": slug(m["model_id"]),
-            "checkpoint_hash": "", "checkpoint_path": "", "source": "{}",
-            "calibration_set": calibration_set, "calibration_key": calibration_set,
-            "model_id": m["model_id"],
-            "nex": float("nan") if m["nex"] is None else float(m["nex"]),
-            "log_gap": float("nan") if m["log_gap"] is None else float(m["log_gap"]),
-            "n_responses": int(m["n_responses"]), "n_scored": int(m["n_scored"]),
-            "n_cycles": int(m["n_cycles"]),
-            **{b: float("nan") if m[b] is None else float(m[b]) for b in BASELINES},
-            "store": str(run.get("store", {}).get("path", "")), "tables": str(tables),
-            "tables_fingerprint": fingerprint,
-            "store_fingerprint": run.get("store_fingerprint"),
-            "scored_at": run.get("created_at", ""),
-        })
+    """One result row per model of a tables folder (the catalog's columns that a tables
+    folder alone can give; see :func:`pipelines.catalog.catalog_rows`)."""
+    identity = {"calibration_set": calibration_set, "calibration_key": calibration_set}
+    rows = catalog_rows(tables, identity, model_id=model_id)
+    if model_id is not None and not rows:
+        raise PublishError(expected("--model-id", f"one of {read_run(tables).get('models')}",
+                                    repr(model_id)))
     return rows
 
 
@@ -85,4 +60,4 @@ def parse_target(target: str) -> tuple[str, str]:
     return "folder", target
 
 
-__all__ = ["PublishError", "RESULT_METRICS", "parse_target", "results_from_tables"]
+__all__ = ["PublishError", "parse_target", "results_from_tables"]

@@ -7,10 +7,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import uuid
 from pathlib import Path
 
-from ..crashsafe import atomic_write
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..catalog import catalog_schema
+from ..crashsafe import atomic_write, replace_folder
 
 
 def publish_folder(results: list[dict], tables: str | os.PathLike | dict,
@@ -19,16 +22,13 @@ def publish_folder(results: list[dict], tables: str | os.PathLike | dict,
 
     ``tables`` is one tables folder for all results, or ``{checkpoint_key: folder}``.
     Tables already published with the same ``tables_fingerprint`` are not copied again;
+    a result's folder is replaced whole (:func:`~pipelines.crashsafe.replace_folder`);
     the catalog is rewritten only when a row changed. Returns ``{"tables": copied,
     "catalog_rows": changed}``.
     """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from ..workspace import catalog_schema
-
     target = Path(target).absolute()
     target.mkdir(parents=True, exist_ok=True)
+    schema = catalog_schema()
     copied = 0
     catalog_path = target / "catalog.parquet"
     rows = {(r["checkpoint_key"], r["calibration_key"]): r
@@ -39,25 +39,23 @@ def publish_folder(results: list[dict], tables: str | os.PathLike | dict,
         dest = target / result["checkpoint_key"] / result["calibration_key"]
         stamp = dest / "tables_fingerprint"
         if not (stamp.is_file() and stamp.read_text().strip() == result["tables_fingerprint"]):
-            staging = dest.parent / f".{dest.name}.staging-{uuid.uuid4().hex[:8]}"
-            shutil.copytree(source, staging / "tables")
-            (staging / "tables_fingerprint").write_text(result["tables_fingerprint"] + "\n")
-            old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
-            if dest.exists():
-                dest.rename(old)
-            staging.rename(dest)
-            shutil.rmtree(old, ignore_errors=True)
+            def build(staging: Path, source=source, fingerprint=result["tables_fingerprint"]):
+                shutil.copytree(source, staging / "tables")
+                (staging / "tables_fingerprint").write_text(fingerprint + "\n")
+
+            replace_folder(dest, build)
             copied += 1
         row = dict(result, tables=str(Path(result["checkpoint_key"]) / result["calibration_key"]
                                       / "tables"))
-        row = {f.name: row.get(f.name) for f in catalog_schema()}
+        row = {f.name: row.get(f.name) for f in schema}
         key = (row["checkpoint_key"], row["calibration_key"])
         before = rows.get(key)
         if before is None or _comparable(before) != _comparable(row):
             rows[key] = row
             changed += 1
     if changed or not catalog_path.exists():
-        table = pa.Table.from_pylist([rows[k] for k in sorted(rows)], schema=catalog_schema())
+        table = pa.Table.from_pylist([{f.name: rows[k].get(f.name) for f in schema}
+                                      for k in sorted(rows)], schema=schema)
         atomic_write(catalog_path, lambda p: pq.write_table(table, p))
     return {"tables": copied, "catalog_rows": changed}
 

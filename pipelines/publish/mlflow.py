@@ -1,27 +1,67 @@
 """Publish to an MLflow model registry: on the registered model version of the scored
-checkpoint, NEX / log-gap / calibration-set name as version tags, the same numbers (and the
-baselines) as metrics on the run the version links to, and the tables as artifacts of that
-run under ``nex/<calibration set>/<tables fingerprint[:16]>/``.
+checkpoint, the catalog columns of :data:`pipelines.catalog.PUBLISHED` as version tags and
+as metrics on the run the version links to, and the tables as artifacts of that run under
+``nex/<calibration set>/<tables fingerprint[:16]>/``.
 
-Nothing is written that is already there: tags and metrics are compared first, artifacts
-are keyed by the tables' fingerprint, so publishing the same tables twice changes nothing.
+Nothing is written that is already there: tags and metrics are compared first (each
+metric's history holds one value), the artifact folder is keyed by the tables' fingerprint
+and only its missing files are uploaded, so publishing the same tables twice changes
+nothing and a publish cut off half-way is finished by the next one.
+
+Credentials come from the environment only (``MLFLOW_TRACKING_USERNAME`` /
+``MLFLOW_TRACKING_PASSWORD`` or ``MLFLOW_TRACKING_TOKEN``, read by the MLflow client): a
+tracking URI with a user name or password in it is refused, so they never travel in flow
+parameters or logs.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import re
+import shutil
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from nex_transforms.errors import expected
 
-from . import RESULT_METRICS, PublishError
+from ..catalog import published_metrics, published_tags
+from ..crashsafe import replace_folder
+from ..failures import BAD_INPUT, describe, failure_kind
+from . import PublishError
 
 #: Experiment of the runs created for versions that link to no run.
 EXPERIMENT = "nex-scores"
 TABLE_FILES = ("models.parquet", "responses.parquet", "neurons.parquet", "phases.parquet",
                "run.json")
+#: The MLflow client's own retries inside flows: a few seconds per try instead of its
+#: defaults (7 retries with a backoff factor of 2: minutes when the registry is down);
+#: the flows' tasks and scans retry instead. Values a user set in the environment win.
+FLOW_CLIENT_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+                       "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                       "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
+                       "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
+
+def cap_client_retries() -> dict:
+    """Set :data:`FLOW_CLIENT_RETRIES` in this process's environment where unset (flows
+    call this). Returns the values in force."""
+    for key, value in FLOW_CLIENT_RETRIES.items():
+        os.environ.setdefault(key, value)
+    return {key: os.environ[key] for key in FLOW_CLIENT_RETRIES}
+
+
+def check_tracking_uri(uri: str | None) -> str | None:
+    """``uri`` unchanged, unless it carries credentials: then a :class:`PublishError` that
+    names the URI without them."""
+    if uri and "://" in uri:
+        parts = urlsplit(uri)
+        if parts.username or parts.password:
+            shown = parts._replace(netloc=f"***@{parts.hostname}"
+                                   + (f":{parts.port}" if parts.port else "")).geturl()
+            raise PublishError(expected(
+                "tracking URI", "no user name or password in it (set MLFLOW_TRACKING_USERNAME "
+                "and MLFLOW_TRACKING_PASSWORD in the environment)", shown))
+    return uri
 
 
 def _client(tracking_uri: str | None):
@@ -30,12 +70,8 @@ def _client(tracking_uri: str | None):
     except ImportError as err:  # pragma: no cover - the registry extra is installed in CI
         raise PublishError(expected("mlflow", "installed (pip install 'nex-pipeline[registry]')",
                                     str(err))) from None
+    check_tracking_uri(tracking_uri)
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-
-
-def _text(value: float) -> str:
-    return "nan" if value is None or (isinstance(value, float) and math.isnan(value)) \
-        else repr(float(value))
 
 
 def parse_model_uri(uri: str) -> tuple[str, str]:
@@ -51,29 +87,23 @@ def publish_mlflow(result: dict, tables: str | os.PathLike, model_uri: str,
     """Publish one result row (see :func:`pipelines.publish.results_from_tables`) to the
     registered model version ``models:/NAME/VERSION``.
 
-    Returns ``{"tags": n, "metrics": n, "artifacts": n, "run_id": id}``: the number of
-    tags set, metrics logged and artifact folders uploaded by this call (all 0 when the
-    same tables were published before).
+    Returns ``{"tags": n, "metrics": n, "artifacts": n, "run_id": id, "artifact_path"}``:
+    the number of tags set, metrics logged and artifact files uploaded by this call (all 0
+    when the same tables were published before). A version missing from the registry is a
+    :class:`PublishError`; a registry that cannot be reached raises the client's own
+    (transient) error.
     """
     client = _client(tracking_uri)
     name, version = parse_model_uri(model_uri)
     try:
         mv = client.get_model_version(name, version)
-    except Exception as err:  # noqa: BLE001 - MLflow raises its own exception family
+    except Exception as err:
+        if failure_kind(err) != BAD_INPUT:
+            raise  # the registry is unreachable or failing: worth trying again
         raise PublishError(expected(f"registered model version {model_uri}",
-                                    "one that exists in the registry",
-                                    f"{type(err).__name__}: {str(err).splitlines()[0]}")) from None
-    calset = result["calibration_set"]
-    tags = {
-        "nex": _text(result["nex"]),
-        "nex_log_gap": _text(result["log_gap"]),
-        "nex_calibration_set": calset,
-        f"nex.{calset}": _text(result["nex"]),
-        f"nex_log_gap.{calset}": _text(result["log_gap"]),
-        f"nex_tables_fingerprint.{calset}": result["tables_fingerprint"],
-    }
+                                    "one that exists in the registry", describe(err))) from err
+    tags = published_tags(result)
     run_id = mv.run_id or (mv.tags or {}).get("nex_run_id")
-    changed_tags = 0
     if not run_id:
         experiment = client.get_experiment_by_name(EXPERIMENT)
         experiment_id = experiment.experiment_id if experiment else \
@@ -82,31 +112,32 @@ def publish_mlflow(result: dict, tables: str | os.PathLike, model_uri: str,
                                 tags={"nex_model": name, "nex_version": str(version)})
         client.set_terminated(run.info.run_id)
         run_id = run.info.run_id
-        tags["nex_run_id"] = run_id
+        client.set_model_version_tag(name, version, "nex_run_id", run_id)
+    changed_tags = 0
     for key, value in tags.items():
         if (mv.tags or {}).get(key) != value:
             client.set_model_version_tag(name, version, key, value)
             changed_tags += 1
-    metrics = {f"{m}.{calset}": float(result[m]) for m in RESULT_METRICS
-               if result.get(m) is not None and math.isfinite(float(result[m]))}
     existing = client.get_run(run_id).data.metrics
     changed_metrics = 0
-    for key, value in sorted(metrics.items()):
+    for key, value in sorted(published_metrics(result).items()):
         if key not in existing or existing[key] != value:
             client.log_metric(run_id, key, value)
             changed_metrics += 1
+    calset = result["calibration_set"]
     artifact_dir = f"nex/{calset}/{result['tables_fingerprint'][:16]}"
-    present = {Path(a.path).name for a in client.list_artifacts(run_id, f"nex/{calset}")}
+    present = {Path(a.path).name for a in client.list_artifacts(run_id, artifact_dir)}
     uploaded = 0
-    if Path(artifact_dir).name not in present:
-        tables = Path(tables)
-        for file in TABLE_FILES:
-            path = tables / file
-            if path.is_dir():
-                client.log_artifacts(run_id, str(path), f"{artifact_dir}/{file}")
-            elif path.is_file():
-                client.log_artifact(run_id, str(path), artifact_dir)
-        uploaded = 1
+    tables = Path(tables)
+    for file in TABLE_FILES:
+        path = tables / file
+        if file in present or not path.exists():
+            continue
+        if path.is_dir():
+            client.log_artifacts(run_id, str(path), f"{artifact_dir}/{file}")
+        else:
+            client.log_artifact(run_id, str(path), artifact_dir)
+        uploaded += 1
     return {"tags": changed_tags, "metrics": changed_metrics, "artifacts": uploaded,
             "run_id": run_id, "artifact_path": artifact_dir}
 
@@ -121,10 +152,7 @@ def registered_versions(name: str, tracking_uri: str | None = None) -> list:
 def download_version(name: str, version: str, dest: str | os.PathLike,
                      tracking_uri: str | None = None) -> Path:
     """Download the artifacts of a model version (its model folder) into ``dest`` once:
-    a completed download is marked by ``dest/.nex-downloaded``."""
-    import shutil
-    import uuid
-
+    a completed download is marked by ``dest/.nex-downloaded`` and swapped in whole."""
     dest = Path(dest)
     if (dest / ".nex-downloaded").is_file():
         return dest
@@ -133,21 +161,20 @@ def download_version(name: str, version: str, dest: str | os.PathLike,
     source = client.get_model_version_download_uri(name, version) or mv.source
     from mlflow.artifacts import download_artifacts
 
-    staging = dest.parent / f".{dest.name}.download-{uuid.uuid4().hex[:8]}"
-    staging.mkdir(parents=True)
-    try:
-        local = Path(download_artifacts(artifact_uri=source, dst_path=str(staging),
+    def build(staging: Path) -> None:
+        fetched = staging / ".fetch"
+        fetched.mkdir()
+        local = Path(download_artifacts(artifact_uri=source, dst_path=str(fetched),
                                         tracking_uri=tracking_uri))
         folder = local if (local / "config.json").exists() else next(
             (p.parent for p in local.rglob("config.json")), local)
-        if dest.exists():
-            shutil.rmtree(dest)
-        folder.rename(dest)
-        (dest / ".nex-downloaded").write_text(f"{name}/{version}\n")
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return dest
+        for item in folder.iterdir():
+            item.rename(staging / item.name)
+        shutil.rmtree(fetched, ignore_errors=True)
+        (staging / ".nex-downloaded").write_text(f"{name}/{version}\n")
+
+    return replace_folder(dest, build)
 
 
-__all__ = ["EXPERIMENT", "download_version", "parse_model_uri", "publish_mlflow",
-           "registered_versions"]
+__all__ = ["EXPERIMENT", "FLOW_CLIENT_RETRIES", "cap_client_retries", "check_tracking_uri",
+           "download_version", "parse_model_uri", "publish_mlflow", "registered_versions"]

@@ -28,7 +28,7 @@ from nex_transforms import RowCorpus
 from nex_transforms.errors import expected
 
 from ..crashsafe import (LEASE_FILE, Lease, atomic_write, create_exclusive, fault_point,
-                         lease_live, pause_point)
+                         lease_live)
 from ..records import TraceRecord
 from .encode import EncodedPart, decode_records, encode_part
 from .fs import Location, group_node
@@ -361,7 +361,7 @@ class ActivationStore:
         try:
             try:
                 self._write_group(f"{STAGING_DIR}/{staging.name}", part, encoded, summary)
-                pause_point("staging", part)
+                fault_point("staged", part)
                 if not self._claim(staging, part, token, lease_seconds):
                     return  # another writer completed the part meanwhile
             except BaseException:
@@ -434,7 +434,7 @@ class ActivationStore:
         rel = f"{PARTS_DIR}/{group}"
         try:
             self._write_group(rel, part, encoded, summary)
-            pause_point("staging", part)
+            fault_point("staged", part)
             if self.has_part(part):
                 self.loc.remove_tree(rel)
                 return

@@ -75,7 +75,7 @@ def test_two_processes_create_one_fresh_store_and_write_disjoint_parts(tmp_path)
 def test_a_writer_killed_mid_part_leaves_nothing_visible_and_a_rerun_completes(tmp_path, stage):
     path, go = tmp_path / "store", tmp_path / "go"
     go.touch()
-    worker = run_worker([str(go), "p", "7", str(path)], env={FAULT_ENV: f"{stage}:p"})
+    worker = run_worker([str(go), "p", "7", str(path)], env={FAULT_ENV: f"kill:{stage}:p"})
     worker.communicate(timeout=120)
     assert worker.returncode == -signal.SIGKILL
     store = ActivationStore.open(path)

@@ -16,7 +16,7 @@ from pipelines.cli import main
 from pipelines.records import TraceRecord
 from pipelines.rows_cache import read_rows_cache
 from pipelines.store import ActivationStore
-from pipelines.crashsafe import LEASE_FILE, PAUSE_ENV, Lease, lease_live
+from pipelines.crashsafe import FAULT_ENV, LEASE_FILE, Lease, lease_live
 from pipelines.store.rows_cache_io import export_rows_cache
 from pipelines.store.synthetic import synthetic_records
 from pipelines.store.verify import verify_store
@@ -53,7 +53,7 @@ def staging_of(store: Path, part: str) -> list[Path]:
 def test_a_live_second_writer_keeps_the_first_writers_staging(tmp_path):
     store = tmp_path / "store"
     release = tmp_path / "release"
-    first = writer(store, "p", 1, {PAUSE_ENV: f"staging:p:{release}"})
+    first = writer(store, "p", 1, {FAULT_ENV: f"pause:staged:p:{release}"})
     deadline = time.monotonic() + 60
     while not any((s / "zarr.json").is_file() and (s / LEASE_FILE).is_file()
                   for s in staging_of(store, "p")):

@@ -1,12 +1,12 @@
 """The workspace's pure file logic: calibration sets, checkpoint readiness, content hashes,
-exclusive claims (real processes), publish targets, the folder and Hugging Face publishers,
-and that infra/prefect.yaml names deployments whose entry points exist."""
+publish targets, the Hugging Face publisher, and that infra/prefect.yaml names deployments
+whose entry points exist (claims: test_workspace_claims.py; triage and the failure
+taxonomy: test_workspace_triage.py)."""
 
 from __future__ import annotations
 
 import importlib
 import json
-import multiprocessing
 import os
 import time
 from pathlib import Path
@@ -33,16 +33,62 @@ def test_shipped_calibration_sets_load_and_have_distinct_keys():
     assert {"gsm8k", "arithmetic"} <= set(sets)
     assert sets["gsm8k"].prompts == "gsm8k" and sets["arithmetic"].prompts == "arithmetic"
     assert len({s.key for s in sets.values()}) == len(sets)
-    # the key follows the parameters, not the description
+    # the key follows the parameters, not the description or the deadlines
     base = sets["gsm8k"].to_dict()
-    assert CalibrationSet(**dict(base, description="x")).key == sets["gsm8k"].key
-    assert CalibrationSet(**dict(base, samples=3)).key != sets["gsm8k"].key
+    assert load_calibration_set(base) == sets["gsm8k"]
+    assert load_calibration_set(dict(base, description="x")).key == sets["gsm8k"].key
+    assert load_calibration_set(dict(base, capture_deadline_seconds=9)).key == sets["gsm8k"].key
+    assert load_calibration_set(dict(base, samples=3)).key != sets["gsm8k"].key
+
+
+def test_a_calibration_set_records_only_the_capture_parameters_it_sets():
+    from pipelines.capture import CaptureConfig
+
+    calset = load_calibration_set({"name": "x", "prompts": "gsm8k", "samples": 3})
+    assert calset.capture_params() == {"prompts": "gsm8k", "samples": 3}
+    assert calset.to_dict() == {"name": "x", "prompts": "gsm8k", "samples": 3,
+                                "engine": "local", "calibration": "per-model"}
+    # every other capture parameter is CaptureConfig's own default
+    config = calset.capture_config("/m", "/s", "m-1")
+    defaults = CaptureConfig(model="/m", prompts="gsm8k", out="/s")
+    assert (config.max_new_tokens, config.row_size, config.device, config.dtype) == \
+        (defaults.max_new_tokens, defaults.row_size, "cpu", defaults.dtype)
+    assert config.samples == 3 and config.model_id == "m-1"
+    # device and dtype come from the run (a deployment's parameters, or the command)
+    run = calset.capture_config("/m", "/s", "m-1", {"device": "cuda", "dtype": "bfloat16"})
+    assert (run.device, run.dtype) == ("cuda", "bfloat16")
+    # ... unless the set pins them: a different run value is refused, not silently used
+    pinned = load_calibration_set({"name": "p", "prompts": "gsm8k", "dtype": "float32"})
+    with pytest.raises(WorkspaceError, match="dtype of this run: expected 'float32'"):
+        pinned.capture_config("/m", "/s", "m-1", {"dtype": "bfloat16"})
+    assert "dtype" not in load_calibration_set("gsm8k").capture_params()
+
+
+def test_stage_deadlines_follow_the_calibration_set():
+    from pipelines.workspace.calibration import (DEADLINE_TOKENS_PER_SECOND,
+                                                 SCORE_SECONDS_PER_TRACE, STARTUP_SECONDS,
+                                                 UNBOUNDED_DEADLINE_SECONDS)
+
+    calset = load_calibration_set({"name": "x", "prompts": "gsm8k", "limit": 4, "samples": 2,
+                                   "max_new_tokens": 100})
+    assert calset.deadline("capture") == STARTUP_SECONDS + 800 / DEADLINE_TOKENS_PER_SECOND
+    assert calset.deadline("score") == STARTUP_SECONDS + 8 * SCORE_SECONDS_PER_TRACE
+    assert load_calibration_set({"name": "x", "prompts": "gsm8k"}).deadline("capture") == \
+        UNBOUNDED_DEADLINE_SECONDS
+    short = load_calibration_set(dict(calset.to_dict(), capture_deadline_seconds=5,
+                                      score_deadline_seconds=7))
+    assert (short.deadline("capture"), short.deadline("score")) == (5.0, 7.0)
 
 
 @pytest.mark.parametrize("data, message", [
     ({"name": "x", "prompts": "gsm8k", "sample": 2}, "unknown ['sample']"),
     ({"name": "x"}, "expected a 'prompts' key"),
-    ({"name": "x", "prompts": "gsm8k", "samples": 0}, "samples: expected an integer >= 1, got 0"),
+    ({"name": "x", "prompts": "gsm8k", "samples": 0},
+     "calibration set x: --samples: expected a positive integer, got 0"),
+    ({"name": "x", "prompts": "gsm8k", "limit": 0}, "limit: expected an integer >= 1 or null"),
+    ({"name": "x", "prompts": "gsm8k", "model": "m"}, "unknown ['model']"),
+    ({"name": "x", "prompts": "gsm8k", "score_deadline_seconds": -1},
+     "score_deadline_seconds: expected a number of seconds > 0"),
     ({"name": "bad name", "prompts": "gsm8k"}, "calibration set name"),
     ({"name": "x", "prompts": "gsm8k", "engine": "spark"}, "engine: expected local, beam or dask"),
 ])
@@ -110,27 +156,7 @@ def test_content_hash_follows_files_not_names_or_the_model_card(tmp_path):
     assert content_hash(g1) == content_hash(g2)
 
 
-def _claim(args) -> bool:
-    root, key, calset = args
-    return Workspace(root).claim(key, load_calibration_set(calset))
-
-
-def test_claims_are_exclusive_across_processes_and_stale_ones_are_taken_over(tmp_path):
-    calset = {"name": "c", "prompts": "gsm8k"}
-    with multiprocessing.get_context("spawn").Pool(4) as pool:
-        won = pool.map(_claim, [(str(tmp_path), "ckpt-0123", calset)] * 8)
-    assert sum(won) == 1
-    ws, cal = Workspace(tmp_path), load_calibration_set(calset)
-    assert not ws.claim("ckpt-0123", cal)
-    claim = next((tmp_path / "claims").iterdir())
-    old = time.time() - 100
-    os.utime(claim, (old, old))
-    assert not ws.claim("ckpt-0123", cal, stale_seconds=1000)
-    assert ws.claim("ckpt-0123", cal, stale_seconds=10)  # a crashed run's claim
-    ws.release("ckpt-0123", cal)
-    ws.marker_path("ckpt-0123", cal).parent.mkdir(parents=True)
-    ws.marker_path("ckpt-0123", cal).write_text("{}")
-    assert not ws.claim("ckpt-0123", cal)  # done: nothing to claim
+def test_checkpoint_keys_are_name_slug_and_hash_prefix():
     assert Checkpoint("my model/1", "/x", "ab" * 32).key == "my-model-1-" + "ab" * 6
 
 
@@ -154,11 +180,33 @@ def _row(nex=0.75, calset="gsm8k", fingerprint="f" * 64):
     return {"checkpoint": "ck", "checkpoint_key": "ck-1", "checkpoint_hash": "1" * 64,
             "checkpoint_path": "", "source": "{}", "calibration_set": calset,
             "calibration_key": f"{calset}-1", "model_id": "ck-1", "nex": nex, "log_gap": 0.6,
-            "n_responses": 4, "n_scored": 4, "n_cycles": 9, "mean_entropy": 1.0,
+            "n_responses": 4, "n_scored": 4, "n_cycles": 9, "responses_with_credit": 2,
+            "credited_cycles": 5, "mean_entropy": 1.0,
             "mean_self_certainty": 2.0, "mean_token_logprob": -1.0,
             "deepconf_mean_confidence": 3.0, "deepconf_lowest_group_confidence": 3.0,
             "store": "s", "tables": "t", "tables_fingerprint": fingerprint,
             "store_fingerprint": "sha256:x", "scored_at": "now"}
+
+
+def test_published_tags_and_metrics_follow_the_catalog_list():
+    from pipelines.catalog import PUBLISHED, catalog_schema, published_metrics, published_tags
+
+    tags = published_tags(_row())
+    assert tags == {"nex": "0.75", "nex.gsm8k": "0.75", "nex_log_gap": "0.6",
+                    "nex_log_gap.gsm8k": "0.6", "nex_responses_with_credit": "2",
+                    "nex_responses_with_credit.gsm8k": "2", "nex_credited_cycles": "5",
+                    "nex_credited_cycles.gsm8k": "5", "nex_calibration_set": "gsm8k",
+                    "nex_tables_fingerprint.gsm8k": "f" * 64}
+    metrics = published_metrics(_row())
+    assert metrics["nex.gsm8k"] == 0.75 and metrics["nex_credited_cycles.gsm8k"] == 5.0
+    assert metrics["nex_responses_with_credit.gsm8k"] == 2.0
+    assert len(metrics) == len(PUBLISHED)
+    # a NEX that rests on nothing: published as such, with its coverage
+    empty = dict(_row(nex=float("nan")), responses_with_credit=0, credited_cycles=0)
+    assert published_tags(empty)["nex"] == "nan" and "nex.gsm8k" not in published_metrics(empty)
+    assert published_metrics(empty)["nex_credited_cycles.gsm8k"] == 0.0
+    # every published column is a catalog column
+    assert {p.column for p in PUBLISHED} <= set(catalog_schema().names)
 
 
 def test_huggingface_card_keeps_text_and_other_results(tmp_path):
