@@ -2,5 +2,6 @@
 
 ``flows.flows`` holds the flows, ``flows.tasks`` the tasks (each wraps one
 ``pipelines.workspace`` stage), ``flows.serve`` the embedded deployments behind
-``nex flows serve``; ``flows/calibration_sets/*.yaml`` the shipped calibration sets.
+``nex flows serve``. The work is in ``pipelines.workspace`` (whose package data holds the
+shipped calibration sets).
 """

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+
+from ..failures import TRANSIENT, describe, failure_kind
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
@@ -27,7 +30,14 @@ def cmd_publish(args: argparse.Namespace) -> int:
     if kind == "mlflow":
         from ..publish.mlflow import publish_mlflow
 
-        changes = publish_mlflow(results[0], args.tables, where, args.tracking_uri)
+        try:
+            changes = publish_mlflow(results[0], args.tables, where, args.tracking_uri)
+        except Exception as err:
+            if failure_kind(err) != TRANSIENT:
+                raise
+            print(f"nex: error: registry {args.tracking_uri or 'MLFLOW_TRACKING_URI'}: "
+                  f"{describe(err)} (nothing lost; publish again later)", file=sys.stderr)
+            return 1
     elif kind == "huggingface":
         from ..publish.huggingface import publish_huggingface
 
@@ -64,6 +74,8 @@ def register(subparsers) -> None:
                    help="name of the prompts the tables were scored on (default %(default)s)")
     p.add_argument("--model-id", default=None, help="publish only this model of the tables")
     p.add_argument("--tracking-uri", default=None,
-                   help="MLflow tracking/registry URI (default: MLFLOW_TRACKING_URI)")
+                   help="MLflow tracking/registry URI without credentials (default: "
+                        "MLFLOW_TRACKING_URI; user and password from MLFLOW_TRACKING_USERNAME "
+                        "and MLFLOW_TRACKING_PASSWORD)")
     p.add_argument("--json", action="store_true", help="print what was published as JSON")
     p.set_defaults(func=cmd_publish)

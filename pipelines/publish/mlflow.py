@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -119,11 +120,13 @@ def publish_mlflow(result: dict, tables: str | os.PathLike, model_uri: str,
             client.set_model_version_tag(name, version, key, value)
             changed_tags += 1
     existing = client.get_run(run_id).data.metrics
-    changed_metrics = 0
-    for key, value in sorted(published_metrics(result).items()):
-        if key not in existing or existing[key] != value:
-            client.log_metric(run_id, key, value)
-            changed_metrics += 1
+    missing = {k: v for k, v in sorted(published_metrics(result).items())
+               if k not in existing or existing[k] != v}
+    if missing:  # one request for all of them
+        from mlflow.entities import Metric
+
+        stamp = int(time.time() * 1000)
+        client.log_batch(run_id, metrics=[Metric(k, v, stamp, 0) for k, v in missing.items()])
     calset = result["calibration_set"]
     artifact_dir = f"nex/{calset}/{result['tables_fingerprint'][:16]}"
     present = {Path(a.path).name for a in client.list_artifacts(run_id, artifact_dir)}
@@ -138,7 +141,7 @@ def publish_mlflow(result: dict, tables: str | os.PathLike, model_uri: str,
         else:
             client.log_artifact(run_id, str(path), artifact_dir)
         uploaded += 1
-    return {"tags": changed_tags, "metrics": changed_metrics, "artifacts": uploaded,
+    return {"tags": changed_tags, "metrics": len(missing), "artifacts": uploaded,
             "run_id": run_id, "artifact_path": artifact_dir}
 
 

@@ -8,19 +8,19 @@ artifact root, free localhost ports), both started once for this module.
 * a directory of model folders served by ``nex flows serve`` on a short interval: a folder
   dropped in is scored by the next scheduled run; broken folders (missing weights, an
   unknown architecture) fail their own flow runs with a message naming the checkpoint and
-  the stage, a folder still being written waits, and the others are scored.
+  the stage, a folder still being written waits, and the others are scored;
+* infra/prefect.yaml deployed as a user would (``prefect deploy``): the flow runs of
+  ``capture/gpu`` the watcher starts receive that deployment's parameters (``device: cuda``),
+  and with no worker on the pool each run is given up after the stall limit (marked
+  crashed, a transient failure: nothing recorded, no claim left), so the watcher returns.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -31,40 +31,10 @@ if os.environ.get("CI", "").lower() != "true":
     pytest.importorskip("torch")
 
 from pipelines.capture.tiny import build_tiny_model  # noqa: E402
+from tests.servers import (BIN, deploy_infra, free_port, start_mlflow,  # noqa: E402
+                           start_prefect, stop_group, wait_http)
 
-BIN = Path(sys.executable).parent
 PROMPTS = ["two plus three is", "how many apples are left ?", "she sold ten eggs"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_http(url: str, proc: subprocess.Popen, log: Path, seconds: float = 120) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url}: server exited {proc.returncode}: {log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise RuntimeError(f"{url}: not up after {seconds} s: {log.read_text()[-2000:]}")
-
-
-def stop_group(proc: subprocess.Popen) -> None:
-    """Stop a server and every helper process it started (its own process group)."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(20)
-    except ProcessLookupError:
-        return
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
 
 
 @pytest.fixture(scope="module")
@@ -73,37 +43,22 @@ def servers(tmp_path_factory):
     environment a subprocess needs to reach them."""
     root = tmp_path_factory.mktemp("servers")
     prefect_port, mlflow_port = free_port(), free_port()
-    prefect_env = dict(
-        os.environ, PREFECT_HOME=str(root / "prefect-home"),
-        PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{root / 'prefect.db'}",
-        PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_ENABLED="false",
-        PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="1",
-        PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED="false")
-    prefect_env.pop("PREFECT_API_URL", None)
-    prefect_log = root / "prefect.log"
-    prefect = subprocess.Popen(
-        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
-         str(prefect_port)], env=prefect_env, start_new_session=True,
-        stdout=open(prefect_log, "w"), stderr=subprocess.STDOUT)
-    mlflow_log = root / "mlflow.log"
-    mlflow = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-         "--default-artifact-root", str(root / "mlflow-artifacts"), "--host", "127.0.0.1",
-         "--port", str(mlflow_port), "--workers", "1"],
-        env=dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"),
-        start_new_session=True, stdout=open(mlflow_log, "w"), stderr=subprocess.STDOUT)
+    prefect = start_prefect(root, prefect_port)
+    mlflow = start_mlflow(root, mlflow_port)
     try:
         prefect_api = f"http://127.0.0.1:{prefect_port}/api"
         mlflow_uri = f"http://127.0.0.1:{mlflow_port}"
-        wait_http(f"{prefect_api}/health", prefect, prefect_log)
-        wait_http(f"{mlflow_uri}/health", mlflow, mlflow_log)
+        wait_http(f"{prefect_api}/health", prefect, root / "prefect.log")
+        wait_http(f"{mlflow_uri}/health", mlflow, root / "mlflow.log")
         from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
-        client_env = dict(prefect_env, PREFECT_API_URL=prefect_api, PREFECT_RUNNER_POLL_FREQUENCY="1",
+        client_env = dict(os.environ, PREFECT_HOME=str(root / "prefect-home"),
+                          PREFECT_API_URL=prefect_api, PREFECT_RUNNER_POLL_FREQUENCY="1",
                           MLFLOW_TRACKING_URI=mlflow_uri)
         with temporary_settings({PREFECT_API_URL: prefect_api,
                                  PREFECT_HOME: str(root / "prefect-home")}):
-            yield {"prefect": prefect_api, "mlflow": mlflow_uri, "env": client_env}
+            yield {"prefect": prefect_api, "mlflow": mlflow_uri, "env": client_env,
+                   "root": root}
     finally:
         stop_group(prefect)
         stop_group(mlflow)
@@ -132,6 +87,7 @@ def register_version(client, name: str, model_dir: Path) -> str:
     return str(version.version)
 
 
+@pytest.mark.timeout(900)
 def test_watcher_scores_each_mlflow_version_once_and_publishes_to_the_registry(
         servers, calset, tmp_path):
     from mlflow.tracking import MlflowClient
@@ -160,6 +116,10 @@ def test_watcher_scores_each_mlflow_version_once_and_publishes_to_the_registry(
         metrics = client.get_run(mv.run_id).data.metrics
         assert metrics["nex.tiny"] == row["nex"] and metrics["log_gap.tiny"] == row["log_gap"]
         assert metrics["mean_entropy.tiny"] == pytest.approx(row["mean_entropy"])
+        # the coverage travels with the score (a NEX may rest on no credited cycle)
+        assert mv.tags["nex_credited_cycles"] == str(row["credited_cycles"])
+        assert mv.tags["nex_responses_with_credit.tiny"] == str(row["responses_with_credit"])
+        assert metrics["nex_credited_cycles.tiny"] == row["credited_cycles"]
         folder = f"nex/tiny/{row['tables_fingerprint'][:16]}"
         names = {Path(a.path).name for a in client.list_artifacts(mv.run_id, folder)}
         assert {"models.parquet", "responses.parquet", "neurons.parquet", "run.json"} <= names
@@ -190,10 +150,13 @@ def test_watcher_scores_each_mlflow_version_once_and_publishes_to_the_registry(
     v4 = download_version("tinyfam", "4", tmp_path / "v4", servers["mlflow"])
     ckpt4 = Checkpoint("tinyfam-v4", str(v4), content_hash(v4))
     calibration = load_calibration_set(calset)
-    assert Workspace(workspace).claim(ckpt4.key, calibration)  # the other scan's live claim
+    other_scan = Workspace(workspace).claim(ckpt4.key, calibration, owner="other scan")
+    assert other_scan is not None  # a live claim, its heartbeat kept by this process
     third = watch_checkpoints_flow(**watch)
+    other_scan.release()
     assert [s["name"] for s in third["scored"]] == ["tinyfam-v3"]
     assert [s["name"] for s in third["claimed_elsewhere"]] == ["tinyfam-v4"]
+    assert "other scan (pid" in third["claimed_elsewhere"][0]["holder"]
     assert float(client.get_model_version("tinyfam", "3").tags["nex"]) == \
         {r["checkpoint"]: r for r in Workspace(workspace).entries()}["tinyfam-v3"]["nex"]
     assert "nex" not in client.get_model_version("tinyfam", "4").tags
@@ -206,6 +169,7 @@ def test_watcher_scores_each_mlflow_version_once_and_publishes_to_the_registry(
     assert count == (3, 3)
 
 
+@pytest.mark.timeout(900)
 def test_nex_flows_serve_scores_a_dropped_folder_and_fails_broken_ones_alone(
         servers, calset, tmp_path):
     from prefect import get_client
@@ -283,3 +247,45 @@ def test_nex_flows_serve_scores_a_dropped_folder_and_fails_broken_ones_alone(
         assert (workspace / "published" / "catalog.parquet").is_file()
     finally:
         stop_group(serve)
+
+
+@pytest.mark.timeout(600)
+def test_capture_runs_get_the_gpu_deployments_parameters_and_are_given_up_without_a_worker(
+        servers, calset, tmp_path):
+    from prefect import get_client
+
+    from flows.flows import watch_checkpoints_flow, watch_summary
+    from pipelines.workspace import Workspace, load_calibration_set
+
+    workspace = tmp_path / "ws"
+    spec = deploy_infra(tmp_path, servers["env"], workspace, servers["mlflow"])
+    gpu = next(d for d in spec["deployments"] if d["entrypoint"].endswith(":capture_flow"))
+    assert gpu["parameters"]["device"] == "cuda"  # as shipped: nothing in the test changes it
+    source = tmp_path / "checkpoints"
+    build_tiny_model(source / "one", "llama", seed=7)
+    started = time.monotonic()
+    state = watch_checkpoints_flow(str(workspace), calset, directories=[str(source)],
+                                   settle_seconds=0, capture_deployment="capture/gpu",
+                                   score_deployment="score/cpu", stall_seconds=3,
+                                   return_state=True)
+    waited = time.monotonic() - started
+    assert state.is_failed()  # a checkpoint failed this scan: the watcher's run fails
+    summary = watch_summary(state)
+    (failed,) = summary["failed"]
+    assert failed["name"] == "one" and failed["transient"] and not failed["recorded"]
+    assert "stage capture" in failed["error"] and "Crashed" in failed["error"]
+    ws = Workspace(workspace)
+    assert ws.failures() == [] and ws.claims() == []  # left for the next scan, unclaimed
+    assert waited < 120, waited
+    with get_client(sync_client=True) as client:
+        flows = {f.id: f.name for f in client.read_flows()}
+        runs = [r for r in client.read_flow_runs() if flows.get(r.flow_id) == "capture"
+                and r.parameters.get("workspace") == str(workspace)]
+    # the task tried three times; each run was given up (marked crashed) after the stall limit
+    assert len(runs) == 3
+    calibration = load_calibration_set(calset).to_dict()
+    for run in runs:
+        assert run.state.is_crashed() and "no new store part" in run.state.message
+        expected = dict(gpu["parameters"], workspace=str(workspace), calibration_set=calibration)
+        assert {k: v for k, v in run.parameters.items() if k != "checkpoint"} == expected
+        assert run.parameters["checkpoint"]["name"] == "one"
