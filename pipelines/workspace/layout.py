@@ -38,6 +38,10 @@ from .ranking import rank_rows
 CATALOG = Path("catalog") / "models.parquet"
 #: A claim whose heartbeat is this old (seconds) is taken over; its holder beats every
 #: quarter of it. A claim whose holder died on this host is taken over at once.
+#: (A file in the workspace rather than a Prefect concurrency slot: every scan shares the
+#: workspace, but two ``nex flows watch`` runs in ephemeral mode each have a private
+#: Prefect server; a slot's limit must exist on the server before use, its lease is at
+#: least 60 s and is revoked by a server loop, and it cannot say which pid holds it.)
 CLAIM_STALE_SECONDS = 300.0
 
 
