@@ -45,6 +45,9 @@ RUN_JSON = "run.json"
 #: On object storage: the small object, written last, that names the current version.
 POINTER = "_NEX_TABLES.json"
 TABLE_NAMES = ("responses", "models", "neurons", "phases")
+#: Tables other jobs derive from a tables folder (not written by ``nex score``):
+#: ``neuron_contexts`` (``nex explore``: the top rows of weighted neurons).
+DERIVED_TABLE_NAMES = ("neuron_contexts",)
 PARQUET_COMPRESSION = "zstd"
 
 
@@ -108,14 +111,27 @@ def _schemas() -> dict:
             pa.field("cycle", pa.int64()),
             pa.field("credited", pa.bool_()),
         ]),
+        "neuron_contexts": pa.schema([
+            pa.field("model_id", pa.string(), nullable=False),
+            pa.field("key", pa.uint32()),
+            pa.field("layer", pa.int32()),
+            pa.field("unit", pa.int32()),
+            pa.field("rank", pa.int64()),
+            pa.field("trace_id", pa.string()),
+            pa.field("row", pa.int64()),
+            pa.field("mass", pa.float64()),
+            pa.field("token_start", pa.int64()),
+            pa.field("token_stop", pa.int64()),
+        ]),
     }
 
 
 def schema(name: str):
     """The pyarrow schema of a table (``responses``, ``models``, ``neurons``, ``phases``),
     with the layout version in its metadata."""
-    if name not in TABLE_NAMES:
-        raise TablesError(f"table: expected one of {TABLE_NAMES}, got {name!r}")
+    if name not in TABLE_NAMES + DERIVED_TABLE_NAMES:
+        raise TablesError(f"table: expected one of {TABLE_NAMES + DERIVED_TABLE_NAMES}, "
+                          f"got {name!r}")
     return _schemas()[name].with_metadata({b"nex_tables_schema_version":
                                            str(TABLES_SCHEMA_VERSION).encode()})
 
@@ -271,7 +287,8 @@ def read_table(tables: str | os.PathLike, name: str, sort: bool = True,
             table = pq.read_table(path, schema=schema(name))
     if sort:
         keys = {"responses": ["trace_id"], "models": ["model_id"],
-                "neurons": ["model_id", "key"], "phases": ["trace_id", "row"]}[name]
+                "neurons": ["model_id", "key"], "phases": ["trace_id", "row"],
+                "neuron_contexts": ["model_id", "key", "rank"]}[name]
         table = table.sort_by([(k, "ascending") for k in keys])
     return table
 
