@@ -4,6 +4,7 @@ worker processes), any split into units, and memory bounded by neurons x context
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -282,3 +283,23 @@ def test_memory_is_bounded_by_neurons_times_contexts(scored, monkeypatch, tmp_pa
     assert len(sizes) == 3 * summary["n_units"]
     assert bound / 2 < max(sizes) <= bound
     assert sizes[-1] == len(tables.read_table(tmp_path, "neuron_contexts"))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_peak_memory_does_not_grow_with_the_store(tmp_path):
+    """benchmarks/bench_contexts.py on 2,500 and 10,000 synthetic traces (about 3 M and
+    12 M row entries; stores cached in $NEX_BENCH_CACHE when set): the job's memory above
+    the import-and-plan floor grows far less than the store (4x)."""
+    repo = Path(__file__).resolve().parents[2]
+    cache = os.environ.get("NEX_BENCH_CACHE") or str(tmp_path / "cache")
+    done = subprocess.run([sys.executable, str(repo / "benchmarks" / "bench_contexts.py"),
+                           "--traces", "2500", "--factor", "4", "--repeat", "1", "--cache",
+                           cache, "--json"], cwd=repo, capture_output=True, text=True,
+                          check=True)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    small, large = (str(n) for n in result["sizes"])
+    peak, floor = result["peak_bytes"], result["floor_peak_bytes"]
+    assert result["sizes"] == [2500, 10000]
+    assert peak[large] / peak[small] <= 1.3
+    assert (peak[large] - floor) / max(peak[small] - floor, 1) <= 1.5
