@@ -19,7 +19,7 @@ from nex_transforms import NexError, NexParams
 
 from ..engines.plan import GLOBAL_KEY, EngineError, ScoreConfig, plan_run
 from ..store import StoreError
-from ..tables import TablesError, read_run, read_table, table_path
+from ..tables import TablesError, read_run, read_table, schema, table_path
 
 #: Default choice of responses with a page, per model.
 DEFAULT_TOP, DEFAULT_BOTTOM, DEFAULT_RANDOM = 20, 20, 20
@@ -61,14 +61,25 @@ class ExploreInputs:
         return model_id if self.per_model else GLOBAL_KEY
 
     def phases_of(self, trace_ids) -> dict:
-        """``trace id -> rows of the phases table`` (sorted by row) for ``trace_ids``."""
+        """``trace id -> rows of the phases table`` (sorted by row) for ``trace_ids``,
+        read with a filter (the table has a row per analysed row of the corpus)."""
         import pyarrow as pa
         import pyarrow.compute as pc
+        import pyarrow.dataset as ds
 
-        table = read_table(self.tables, "phases")
         wanted = pa.array(sorted(set(map(str, trace_ids))), pa.string())
+        if tables_is_url(self.tables):
+            table = read_table(self.tables, "phases")
+            table = table.filter(pc.is_in(table["trace_id"], value_set=wanted))
+        else:
+            path = table_path(self.tables, "phases")
+            files = sorted(str(f) for f in path.rglob("*.parquet")) if path.is_dir() \
+                else [str(path)]
+            table = ds.dataset(files, schema=schema("phases"), format="parquet").to_table(
+                filter=pc.field("trace_id").isin(wanted))
+        table = table.sort_by([("trace_id", "ascending"), ("row", "ascending")])
         out: dict[str, list] = {str(t): [] for t in wanted.to_pylist()}
-        for row in table.filter(pc.is_in(table["trace_id"], value_set=wanted)).to_pylist():
+        for row in table.to_pylist():
             out[row["trace_id"]].append(row)
         return out
 

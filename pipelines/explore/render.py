@@ -31,10 +31,13 @@ STYLE = """
 .nex-explore th,.nex-explore td{border:1px solid #d9d9d9;padding:2px 7px;vertical-align:top}
 .nex-explore th{background:#f3f3f3;text-align:left}
 .nex-explore td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+.nex-explore td.trace{white-space:nowrap}
 .nex-explore dl.facts{display:grid;grid-template-columns:repeat(auto-fill,minmax(210px,1fr));
  gap:2px 16px;margin:6px 0}
 .nex-explore dl.facts div{display:flex;justify-content:space-between;border-bottom:1px dotted #ddd}
-.nex-explore dt{color:#555}.nex-explore dd{margin:0 0 0 8px;font-variant-numeric:tabular-nums}
+.nex-explore dt{color:#555;white-space:nowrap}
+.nex-explore dd{margin:0 0 0 8px;font-variant-numeric:tabular-nums;text-align:right;
+ overflow-wrap:anywhere}
 .nex-explore pre.prompt{white-space:pre-wrap;background:#f6f8fa;border:1px solid #ddd;
  padding:8px;font-size:13px;max-height:320px;overflow:auto}
 .nex-explore table.rows{width:100%;table-layout:fixed}
@@ -466,7 +469,7 @@ def neuron_body(neuron: dict, contexts: list, links: Links, per_sign: int) -> st
         if href is None:
             where += " <span class=\"muted\">(no page)</span>"
         rows.append(f"<tr data-rank=\"{c['rank']}\"><td class=\"num\">{c['rank']}</td>"
-                    f"<td class=\"num\">{c['mass']:.3f}</td><td>{where}</td>"
+                    f"<td class=\"num\">{c['mass']:.3f}</td><td class=\"trace\">{where}</td>"
                     f"<td class=\"num\">{c['row']}</td>"
                     f"<td class=\"num\">{c['token_start']}–{c['token_stop']}</td>"
                     f"<td class=\"tokrow\"><span class=\"ctx\">{esc(c['before'])}</span>{chips}"
@@ -557,7 +560,8 @@ def index_body(source: list, models: list, links: Links) -> str:
                     f"<td class=\"num\">{num(m.get('n_scored'))}</td>"
                     f"<td class=\"num\">{num(m.get('pages'))}</td>"
                     f"<td class=\"num\">{num(m.get('neuron_pages'))}</td></tr>")
-    return ("<h1>NEX explorer</h1>" + facts(source)
+    about = "".join(f"<tr><th>{esc(k)}</th><td>{v}</td></tr>" for k, v in source)
+    return ("<h1>NEX explorer</h1><table class=\"about\"><tbody>" + about + "</tbody></table>"
             + "<h2>Models</h2><table><thead><tr><th>model</th><th>NEX</th><th>log-gap</th>"
               "<th>responses</th><th>scored</th><th>response pages</th><th>neuron pages</th>"
               "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>"

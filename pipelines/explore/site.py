@@ -330,7 +330,11 @@ def _write_pages(root: Path, inputs: ExploreInputs, models: list, neurons: list,
             render.page(f"{model} · NEX explorer", body, render.TABLE_SCRIPT))
         index_models.append({**row, "pages": n_pages,
                              "neuron_pages": sum(1 for n in neurons if n["model_id"] == key)})
-    source = [("tables", render.esc(inputs.tables)), ("store", render.esc(inputs.store)),
+    def where(location: str) -> str:  # the folder's name; the whole path on hover
+        name = location.rstrip("/").rsplit("/", 1)[-1] or location
+        return f'<span title="{render.esc(location)}">{render.esc(name)}</span>'
+
+    source = [("tables", where(inputs.tables)), ("store", where(inputs.store)),
               ("store fingerprint", render.esc(inputs.fingerprint[:23] + "…")),
               ("calibration", render.esc(inputs.run.get("calibration"))),
               ("engine", render.esc(inputs.run.get("engine"))),

@@ -290,7 +290,7 @@ def test_memory_is_bounded_by_neurons_times_contexts(scored, monkeypatch, tmp_pa
 def test_peak_memory_does_not_grow_with_the_store(tmp_path):
     """benchmarks/bench_contexts.py on 2,500 and 10,000 synthetic traces (about 3 M and
     12 M row entries; stores cached in $NEX_BENCH_CACHE when set): the job's memory above
-    the import-and-plan floor grows far less than the store (4x)."""
+    each size's import-and-plan floor grows far less than the store (4x)."""
     repo = Path(__file__).resolve().parents[2]
     cache = os.environ.get("NEX_BENCH_CACHE") or str(tmp_path / "cache")
     done = subprocess.run([sys.executable, str(repo / "benchmarks" / "bench_contexts.py"),
@@ -302,4 +302,5 @@ def test_peak_memory_does_not_grow_with_the_store(tmp_path):
     peak, floor = result["peak_bytes"], result["floor_peak_bytes"]
     assert result["sizes"] == [2500, 10000]
     assert peak[large] / peak[small] <= 1.3
-    assert (peak[large] - floor) / max(peak[small] - floor, 1) <= 1.5
+    # what the streaming pass holds beyond imports, manifest and plan: not 4x
+    assert (peak[large] - floor[large]) / max(peak[small] - floor[small], 1) <= 1.5
