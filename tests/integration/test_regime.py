@@ -72,7 +72,7 @@ def test_eval_report_has_the_regime_table_and_warning(saturated, tmp_path, capfd
     assert "### Is the capture in the method's regime?" in text
     assert "| published example (Qwen3-4B, rows of 32) | 83 | 0.0554 | 1.0 % | 1 of 1 |" in text
     (model,) = tables.read_table(out, "models").to_pylist()
-    assert f"| small-pool | " in text and f"{100 * model['pool_coverage']:.1f} %" in text
+    assert "| small-pool | " in text and f"{100 * model['pool_coverage']:.1f} %" in text
     coverage = json.loads((report / "report.json").read_text())["models"]["small-pool"]["coverage"]
     assert coverage["pool_coverage"] == pytest.approx(model["pool_coverage"])
     assert coverage["late_novelty"] == pytest.approx(model["late_novelty"])
