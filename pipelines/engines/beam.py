@@ -145,22 +145,24 @@ class CreditCombineFn(beam.CombineFn):
 
 
 class TallyCombineFn(beam.CombineFn):
-    """:class:`ModelTally` as a Beam CombineFn."""
+    """:class:`ModelTally` as a Beam CombineFn: the accumulator is a list of tallies,
+    merged once at the end (:meth:`ModelTally.merge_all` sorts the median values once)."""
 
     def create_accumulator(self):
-        return ModelTally()
+        return []
 
     def add_input(self, accumulator, element):
-        return accumulator.merge(element)
+        accumulator.append(element)
+        return accumulator
 
     def merge_accumulators(self, accumulators):
-        out = ModelTally()
-        for acc in accumulators:
-            out = out.merge(acc)
-        return out
+        return [tally for acc in accumulators for tally in acc]
+
+    def compact(self, accumulator):
+        return [ModelTally.merge_all(accumulator)]
 
     def extract_output(self, accumulator):
-        return accumulator
+        return ModelTally.merge_all(accumulator)
 
 
 def _weights_entry(item, params):
