@@ -486,18 +486,18 @@ RESPONSE_COLUMNS = (("GMF", "gmf", 4), ("rows", "n_rows", 0), ("E rows", "n_expl
                     ("self-cert.", "mean_self_certainty", 3),
                     ("log-prob", "mean_token_logprob", 3),
                     ("DeepConf", "deepconf_mean_confidence", 3),
-                    ("DeepConf low", "deepconf_lowest_group_confidence", 3))
+                    ("DeepConf low", "deepconf_lowest_group_confidence", 3),
+                    ("late novelty", "late_novelty", 3))
 
 
-def model_body(model: dict, summary: list, coverage_text: str | None, gmf_values: list,
+def model_body(model: dict, summary: list, warnings: list, gmf_values: list,
                neurons: list, table_rows: list, statement: str, links: Links,
                with_grades: bool) -> str:
     """The body of a model's index page."""
     name = model["model_id"]
     out = [f"<nav>{link(links.index(), 'index')} › model</nav>" if links.index() else "",
            f"<h1>{esc(name)}</h1>", facts(summary)]
-    if coverage_text:
-        out.append(notes([coverage_text]))
+    out.append(notes(warnings))
     out.append("<h2>GMF of its responses</h2>")
     out.append(histogram(gmf_values))
     for sign, title in ((1, "most positive"), (-1, "most negative")):

@@ -125,9 +125,9 @@ def _context_rows(contexts: list, store_path: str, detokenizers: dict, trace_mod
     return out
 
 
-def _model_summary(model: dict, coverage: dict, n_pages: int) -> tuple[list, str | None]:
+def _model_summary(model: dict, coverage: dict, n_pages: int) -> tuple[list, list]:
     """The facts of a model page (NEX, log-gap, regime and coverage numbers) and its
-    coverage warning."""
+    coverage and regime warnings (as ``nex score`` and ``nex eval`` word them)."""
     items = [("NEX", render.num(model.get("nex"), 5)),
              ("log-gap", render.num(model.get("log_gap"), 4)),
              ("weights of", render.esc(model.get("calibration_key"))),
@@ -151,7 +151,7 @@ def _model_summary(model: dict, coverage: dict, n_pages: int) -> tuple[list, str
         if model.get(column) is not None:
             value = model[column]
             items.append((label, render.num(int(value) if digits == 0 else value, digits)))
-    return items, coverage.get("warning")
+    return items, [w for w in (coverage.get("warning"), coverage.get("regime_warning")) if w]
 
 
 def _response_rows(inputs: ExploreInputs, positions, grades: dict) -> list:
@@ -313,7 +313,7 @@ def _write_pages(root: Path, inputs: ExploreInputs, models: list, neurons: list,
         key = inputs.key_of(model)
         positions, n_total = table_positions[model]
         n_pages = sum(1 for t in details if trace_model[t] == model)
-        summary, warning = _model_summary(row, coverage.get(model, {}), n_pages)
+        summary, warnings = _model_summary(row, coverage.get(model, {}), n_pages)
         table_rows = _response_rows(inputs, positions, grades)
         if len(table_rows) < n_total:
             statement = (f"Showing {len(table_rows):,} of {n_total:,} responses: the "
@@ -323,7 +323,7 @@ def _write_pages(root: Path, inputs: ExploreInputs, models: list, neurons: list,
         else:
             statement = f"All {n_total:,} responses of {model}."
         gmf_values = [g for m, g in zip(gmf_all["model_id"], gmf_all["gmf"]) if m == model]
-        body = render.model_body(row, summary, warning, gmf_values,
+        body = render.model_body(row, summary, warnings, gmf_values,
                                  [n for n in neurons if n["model_id"] == key], table_rows,
                                  statement, links.at("../"), with_grades)
         (root / links.models[model]).write_text(

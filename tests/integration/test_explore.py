@@ -104,6 +104,12 @@ def test_site_holds_the_chosen_pages_and_stays_bounded(captured, site):
         page = (site / "models" / next(p.name for p in (site / "models").iterdir()
                                        if p.name.startswith(model))).read_text()
         assert "Showing 8 of 12 responses" in page
+        # the regime numbers of the models table (tables of schema 3 have them)
+        (row,) = [m for m in read_table(captured["tables"], "models").to_pylist()
+                  if m["model_id"] == model]
+        assert row["late_novelty"] is not None and row["hooked_neurons"] > 0
+        assert f"<dt>late novelty (median)</dt><dd>{row['late_novelty']:.4f}</dd>" in page
+        assert f"<dt>pool coverage (median)</dt><dd>{row['pool_coverage']:.5f}</dd>" in page
         rows = re.findall(r'<tr data-trace="([^"]+)" data-page="(\d)"', page)
         assert len(rows) == 8
         assert {t for t, paged in rows if paged == "1"} == {t for t in selected
@@ -437,3 +443,23 @@ def test_site_of_a_demo_like_capture(tmp_path):
     check_site_in_browser(site, tables, screenshot_folder(tmp_path))
     texts = [r for r in info["selected"]]
     assert np.all([t.startswith("smollm2-135m:gsm8k-") for t in texts])
+
+
+def test_tables_without_regime_columns_still_make_a_site(captured, tmp_path):
+    """Tables written before the regime diagnostics (no late_novelty, pool_coverage,
+    hooked_neurons, distinct_neurons columns) give the same site without those numbers."""
+    import pyarrow.parquet as pq
+
+    old = tmp_path / "old-tables"
+    shutil.copytree(Path(captured["tables"]).resolve(), old)
+    regime = {"late_novelty", "pool_coverage", "hooked_neurons", "distinct_neurons"}
+    for name in ("models", "responses"):
+        table = pq.read_table(old / f"{name}.parquet")
+        pq.write_table(table.drop_columns([c for c in table.column_names if c in regime]),
+                       old / f"{name}.parquet")
+    out = tmp_path / "site"
+    assert main(["explore", str(old), "--out", str(out), "--top", "1", "--bottom", "0",
+                 "--random", "0", "--tokenizer", str(captured["models"]["tiny-a"])]) == 0
+    pages = [p.read_text() for p in (out / "models").iterdir()]
+    assert pages and all("NEX" in page and "late novelty (median)" not in page
+                         for page in pages)
