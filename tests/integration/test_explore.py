@@ -463,3 +463,14 @@ def test_tables_without_regime_columns_still_make_a_site(captured, tmp_path):
     pages = [p.read_text() for p in (out / "models").iterdir()]
     assert pages and all("NEX" in page and "late novelty (median)" not in page
                          for page in pages)
+
+
+def test_traces_option_gives_pages_for_exactly_those_responses(captured, tmp_path):
+    wanted = ["tiny-b:q3:2", "tiny-a:q1:0"]
+    out = tmp_path / "site"
+    assert main(["explore", str(captured["tables"]), "--out", str(out), "--traces", *wanted,
+                 "--context-pages", "0", "--neurons", "2",
+                 "--tokenizer", str(captured["models"]["tiny-a"])]) == 0
+    info = json.loads((out / "site.json").read_text())
+    assert info["selected"] == {t: ["asked for"] for t in sorted(wanted)}
+    assert len(list((out / "responses").iterdir())) == 2
