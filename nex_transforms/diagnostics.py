@@ -68,13 +68,18 @@ def distinct_neurons(aggregates: Aggregates) -> np.ndarray:
     return np.bincount(trace[live], minlength=counts.size).astype(np.int64)
 
 
-def pool_coverage(distinct: np.ndarray, hooked_neurons: int | None) -> np.ndarray:
-    """Distinct neurons of each trace over the neurons hooked (NaN where that is unknown,
-    i.e. ``hooked_neurons`` is None or not positive)."""
+def pool_coverage(distinct, hooked_neurons) -> np.ndarray:
+    """Distinct neurons of each trace over the neurons hooked: ``hooked_neurons`` is one
+    count for every trace or one per trace; NaN where it is unknown (None, or not positive).
+    """
     distinct = np.asarray(distinct, np.float64)
-    if hooked_neurons is None or hooked_neurons <= 0:
+    if hooked_neurons is None:
         return np.full(distinct.shape, np.nan)
-    return distinct / float(hooked_neurons)
+    hooked = np.broadcast_to(np.asarray(hooked_neurons, np.float64), distinct.shape)
+    out = np.full(distinct.shape, np.nan)
+    known = hooked > 0
+    out[known] = distinct[known] / hooked[known]
+    return out
 
 
 def median_over(values) -> float:

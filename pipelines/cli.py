@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "pipelines.commands.rank",
     "pipelines.commands.flows",
     "pipelines.commands.eval",
+    "pipelines.commands.explore",
     "pipelines.commands.testbed",
     "pipelines.commands.merge",
     "pipelines.commands.transfer",

@@ -14,6 +14,7 @@ Stages (each prints what it did and writes into ``--out``):
    the ranked catalog (``nex rank OUT/workspace``).
 7. the evaluation report of its own run (``nex score --phases`` then ``nex eval``):
    ``OUT/eval-report/report.html`` (and ``report.md``, ``report.json``, plots).
+8. the explorer site of its own run (``nex explore``): ``OUT/explore/index.html``.
 
 Everything lands in ``OUT/report.json``.
 
@@ -144,6 +145,15 @@ def eval_stage(store: Path, out: Path) -> dict:
                          if e["coverage"]["warning"]]}
 
 
+def explore_stage(out: Path, args: argparse.Namespace) -> dict:
+    """The explorer site of this run's own capture (``nex explore``, after eval_stage)."""
+    site = out / "explore"
+    argv = ["explore", str(out / "tables-phases"), "--out", str(site), "--prompts", args.prompts]
+    print(f"$ nex {' '.join(argv)}")
+    _nex(argv)
+    return {"site": str(site), "index": str(site / "index.html")}
+
+
 def reference_stage(reference: Path) -> dict:
     corpus = read_rows_cache(reference / "example_cache")
     with np.load(reference / "example_weights.npz") as data:
@@ -242,11 +252,13 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.skip_capture:
         report["evaluation"] = evaluation = eval_stage(store, out)
+        report["explore"] = explore_stage(out, args)
     atomic_write_json(out / "report.json", json.loads(json.dumps(report, default=str)))
     print(f"report written to {out / 'report.json'}")
     if not args.skip_capture:
         print(f"evaluation report of this run: {evaluation['html']} "
               f"(also report.md, report.json, plots/ in {evaluation['report_dir']})")
+        print(f"explorer site of this run: {report['explore']['index']}")
     return 0
 
 

@@ -39,12 +39,17 @@ from nex_transforms.baselines import BASELINES
 from nex_transforms.params import KEY_SPACE, UNIT_BITS
 
 #: Version of the table layout below (recorded in run.json and Parquet metadata).
-#: 2: the phases table gained ``cycle`` and ``credited``.
-TABLES_SCHEMA_VERSION = 2
+#: 2: the phases table gained ``cycle`` and ``credited``; 3: the regime diagnostics
+#: (responses: ``late_novelty``, ``distinct_neurons``, ``pool_coverage``; models:
+#: ``late_novelty``, ``pool_coverage``, ``hooked_neurons``).
+TABLES_SCHEMA_VERSION = 3
 RUN_JSON = "run.json"
 #: On object storage: the small object, written last, that names the current version.
 POINTER = "_NEX_TABLES.json"
 TABLE_NAMES = ("responses", "models", "neurons", "phases")
+#: Tables other jobs derive from a tables folder (not written by ``nex score``):
+#: ``neuron_contexts`` (``nex explore``: the top rows of weighted neurons).
+DERIVED_TABLE_NAMES = ("neuron_contexts",)
 PARQUET_COMPRESSION = "zstd"
 
 
@@ -70,6 +75,9 @@ def _schemas() -> dict:
             pa.field("n_effective_cycles", pa.int64()),
             pa.field("n_redundant_cycles", pa.int64()),
             pa.field("response_tokens", pa.int64()),
+            pa.field("late_novelty", pa.float64()),
+            pa.field("distinct_neurons", pa.int64()),
+            pa.field("pool_coverage", pa.float64()),
             *baselines,
         ]),
         "models": pa.schema([
@@ -88,6 +96,9 @@ def _schemas() -> dict:
             pa.field("n_nonzero_weights", pa.int64()),
             pa.field("n_positive_weights", pa.int64()),
             pa.field("n_negative_weights", pa.int64()),
+            pa.field("late_novelty", pa.float64()),
+            pa.field("pool_coverage", pa.float64()),
+            pa.field("hooked_neurons", pa.int64()),
         ]),
         "neurons": pa.schema([
             pa.field("model_id", pa.string(), nullable=False),
@@ -108,16 +119,41 @@ def _schemas() -> dict:
             pa.field("cycle", pa.int64()),
             pa.field("credited", pa.bool_()),
         ]),
+        "neuron_contexts": pa.schema([
+            pa.field("model_id", pa.string(), nullable=False),
+            pa.field("key", pa.uint32()),
+            pa.field("layer", pa.int32()),
+            pa.field("unit", pa.int32()),
+            pa.field("rank", pa.int64()),
+            pa.field("trace_id", pa.string()),
+            pa.field("row", pa.int64()),
+            pa.field("mass", pa.float64()),
+            pa.field("token_start", pa.int64()),
+            pa.field("token_stop", pa.int64()),
+        ]),
     }
 
 
 def schema(name: str):
     """The pyarrow schema of a table (``responses``, ``models``, ``neurons``, ``phases``),
     with the layout version in its metadata."""
-    if name not in TABLE_NAMES:
-        raise TablesError(f"table: expected one of {TABLE_NAMES}, got {name!r}")
+    if name not in TABLE_NAMES + DERIVED_TABLE_NAMES:
+        raise TablesError(f"table: expected one of {TABLE_NAMES + DERIVED_TABLE_NAMES}, "
+                          f"got {name!r}")
     return _schemas()[name].with_metadata({b"nex_tables_schema_version":
                                            str(TABLES_SCHEMA_VERSION).encode()})
+
+
+#: Columns whose undefined values (NaN, or 0 hooked neurons) are written as nulls: a
+#: response with too few rows has no late novelty, a store that does not record the
+#: neurons it hooked (an imported row cache) has no pool coverage.
+NULL_WHEN_UNDEFINED = ("late_novelty", "pool_coverage", "hooked_neurons")
+
+
+def _with_nulls(values) -> list:
+    values = np.asarray(values)
+    undefined = ~np.isfinite(values) if values.dtype.kind == "f" else values <= 0
+    return [None if bad else value for value, bad in zip(values.tolist(), undefined.tolist())]
 
 
 def to_table(name: str, columns: dict):
@@ -128,7 +164,8 @@ def to_table(name: str, columns: dict):
     target = schema(name)
     if not columns:
         return target.empty_table()
-    arrays = [pa.array(columns[f.name], type=f.type) for f in target]
+    arrays = [pa.array(_with_nulls(columns[f.name]) if f.name in NULL_WHEN_UNDEFINED
+                       else columns[f.name], type=f.type) for f in target]
     return pa.Table.from_arrays(arrays, schema=target)
 
 
@@ -271,7 +308,8 @@ def read_table(tables: str | os.PathLike, name: str, sort: bool = True,
             table = pq.read_table(path, schema=schema(name))
     if sort:
         keys = {"responses": ["trace_id"], "models": ["model_id"],
-                "neurons": ["model_id", "key"], "phases": ["trace_id", "row"]}[name]
+                "neurons": ["model_id", "key"], "phases": ["trace_id", "row"],
+                "neuron_contexts": ["model_id", "key", "rank"]}[name]
         table = table.sort_by([(k, "ascending") for k in keys])
     return table
 
@@ -321,7 +359,8 @@ def model_columns(tallies: dict, weights: dict, config) -> dict:
     cols: dict[str, list] = {k: [] for k in (
         "model_id", "calibration", "calibration_key", "nex", "log_gap", "n_responses",
         "n_scored", "n_skipped", "n_cycles", "n_effective_cycles", "n_redundant_cycles",
-        *BASELINES, "n_nonzero_weights", "n_positive_weights", "n_negative_weights")}
+        *BASELINES, "n_nonzero_weights", "n_positive_weights", "n_negative_weights",
+        "late_novelty", "pool_coverage", "hooked_neurons")}
     for model in names:
         tally = tallies[model]
         key = config.key_of(model)
@@ -340,6 +379,9 @@ def model_columns(tallies: dict, weights: dict, config) -> dict:
         cols["n_nonzero_weights"].append(w.n_nonzero)
         cols["n_positive_weights"].append(w.n_positive)
         cols["n_negative_weights"].append(w.n_negative)
+        for name, value in tally.medians().items():
+            cols[name].append(value)
+        cols["hooked_neurons"].append(tally.hooked_neurons)
     return cols
 
 

@@ -24,9 +24,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
                        n_boot=args.bootstrap, n_bins=args.bins)
     result = summary["result"]
     for model, entry in result["models"].items():
-        warning = entry["coverage"]["warning"]
-        if warning:
-            print(f"nex: warning: {warning}", file=sys.stderr)
+        for warning in (entry["coverage"]["warning"], entry["coverage"].get("regime_warning")):
+            if warning:
+                print(f"nex: warning: {warning}", file=sys.stderr)
     across = result["across_models"]
     if across and across["message"]:
         print(f"nex: warning: {across['message']}", file=sys.stderr)

@@ -71,8 +71,14 @@ def _report_coverage(tables: str, store: str, quiet: bool) -> None:
                   f"({entry['n_skipped_too_few_rows']} skipped with fewer than 3 rows, "
                   f"{entry['n_fewer_than_2_cycles']} with fewer than 2 E->X cycles); "
                   f"{entry['n_credited_cycles']} cycles credited")
-        if entry["warning"]:
-            print(f"nex: warning: {entry['warning']}", file=sys.stderr)
+            if entry["late_novelty"] is not None:
+                coverage = entry["pool_coverage"]
+                pool = "unknown" if coverage is None else f"{100 * coverage:.1f} %"
+                print(f"  {entry['model_id']}: regime: median late novelty "
+                      f"{entry['late_novelty']:.4f}, pool coverage {pool}")
+        for warning in (entry["warning"], entry["regime_warning"]):
+            if warning:
+                print(f"nex: warning: {warning}", file=sys.stderr)
 
 
 class _PassThroughParser(argparse.ArgumentParser):

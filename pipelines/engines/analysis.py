@@ -24,6 +24,7 @@ import numpy as np
 
 from nex_transforms import Aggregates, CreditAccumulator, analyse, good_mass_fraction
 from nex_transforms.baselines import response_baselines
+from nex_transforms.diagnostics import distinct_neurons, late_novelty, pool_coverage
 
 from .. import tables
 from ..store.reader import WorkUnit, read_unit
@@ -69,6 +70,7 @@ def analyse_unit(store, unit: WorkUnit, config: ScoreConfig) -> UnitResult:
     counts = {name: np.zeros(n, np.int64) for name in
               ("n_kept_rows", "n_explore_rows", "n_cycles", "n_effective_cycles",
                "n_redundant_cycles")}
+    late = np.full(n, np.nan)
     credit = {}
     phase_parts = []
     for key, positions in _key_groups(config, unit.meta["model_id"]).items():
@@ -80,6 +82,7 @@ def analyse_unit(store, unit: WorkUnit, config: ScoreConfig) -> UnitResult:
         counts["n_cycles"][positions] = c.trace_cycles
         counts["n_effective_cycles"][positions] = c.trace_effective
         counts["n_redundant_cycles"][positions] = c.trace_redundant
+        late[positions] = late_novelty(analysis.rows, analysis.novelty)
         if config.calibration != "weights":
             credit[key] = CreditAccumulator.empty().add_analysis(analysis)
         if config.phases:
@@ -89,6 +92,7 @@ def analyse_unit(store, unit: WorkUnit, config: ScoreConfig) -> UnitResult:
     stats["n_rows"] = np.asarray(unit.meta["n_rows"], np.int64)
     stats["response_tokens"] = np.asarray(unit.meta["response_tokens"], np.int64)
     stats.update(counts)
+    stats["late_novelty"] = late
     stats.update(response_baselines(token_stats))
     phases = None
     if config.phases:
@@ -131,6 +135,11 @@ def score_unit(store, result: UnitResult, weights: dict, config: ScoreConfig) ->
         gmf[positions] = good_mass_fraction(sub, dense_weights(weights[key]))
     rows = dict(result.stats)
     rows["gmf"] = gmf
+    distinct = distinct_neurons(aggregates)
+    hooked = np.asarray(unit.meta["hooked_neurons"], np.int64)
+    rows["distinct_neurons"] = distinct
+    rows["hooked_neurons"] = hooked
+    rows["pool_coverage"] = pool_coverage(distinct, hooked)
     return rows
 
 
@@ -161,13 +170,14 @@ def write_tables(staging: Path, plan: RunPlan, response_rows, credit: dict | Non
     are in memory at a time. Returns counts for the run summary.
     """
     config = plan.config
-    tallies: dict = {}
+    unit_tallies: list = []
     n_responses = 0
     with tables.TableWriter(staging, "responses") as responses:
         for rows in response_rows:
             responses.write(rows)
-            tallies = merge_tallies([tallies, tally_responses(rows, config.params.min_rows)])
+            unit_tallies.append(tally_responses(rows, config.params.min_rows))
             n_responses += len(rows["trace_id"])
+    tallies = merge_tallies(unit_tallies)
     tables.write_table(tables.table_path(staging, "models"),
                        tables.to_table("models", tables.model_columns(tallies, weights, config)))
     n_neurons = 0

@@ -46,6 +46,7 @@ from nex_transforms import CreditAccumulator, NexError
 from .. import tables
 from ..store.reader import BatchReadError
 from .analysis import analyse_unit, score_unit
+from .contexts import ContextsJob, TopContexts, contexts_table, unit_contexts
 from .plan import GLOBAL_KEY, EngineError, RunPlan, ScoreConfig, open_store
 from .tally import ModelTally, merge_tallies, tally_responses
 from .weights import SparseWeights, finalize_weights
@@ -144,22 +145,24 @@ class CreditCombineFn(beam.CombineFn):
 
 
 class TallyCombineFn(beam.CombineFn):
-    """:class:`ModelTally` as a Beam CombineFn."""
+    """:class:`ModelTally` as a Beam CombineFn: the accumulator is a list of tallies,
+    merged once at the end (:meth:`ModelTally.merge_all` sorts the median values once)."""
 
     def create_accumulator(self):
-        return ModelTally()
+        return []
 
     def add_input(self, accumulator, element):
-        return accumulator.merge(element)
+        accumulator.append(element)
+        return accumulator
 
     def merge_accumulators(self, accumulators):
-        out = ModelTally()
-        for acc in accumulators:
-            out = out.merge(acc)
-        return out
+        return [tally for acc in accumulators for tally in acc]
+
+    def compact(self, accumulator):
+        return [ModelTally.merge_all(accumulator)]
 
     def extract_output(self, accumulator):
-        return accumulator
+        return ModelTally.merge_all(accumulator)
 
 
 def _weights_entry(item, params):
@@ -274,3 +277,73 @@ def run(plan: RunPlan, staging: Path, options: dict) -> dict:
     runner_name = (beam_options.view_as(StandardOptions).runner
                    or "FnApiRunner (embedded)")
     return {"runner": runner_name, "pipeline_args": pipeline_args}
+
+
+# --------------------------------------------------------------------------- contexts
+class ContextsDoFn(beam.DoFn):
+    """A unit's top rows per neuron (:class:`TopContexts`); errors tagged ``errors``."""
+
+    def __init__(self, job: ContextsJob) -> None:
+        self.job = job
+        self.store = None
+
+    def setup(self) -> None:
+        self.store = open_store(self.job.store)
+
+    def process(self, unit):
+        try:
+            yield unit_contexts(self.store, unit, self.job)
+        except NexError as err:
+            yield TaggedOutput("errors", json.dumps([unit.index, str(err)]))
+
+
+class ContextsCombineFn(beam.CombineFn):
+    """:class:`TopContexts` as a Beam CombineFn (each accumulator holds at most neurons x
+    contexts rows)."""
+
+    def __init__(self, per_neuron: int) -> None:
+        self.per_neuron = per_neuron
+
+    def create_accumulator(self):
+        return TopContexts.empty(self.per_neuron)
+
+    def add_input(self, accumulator, element):
+        return accumulator.merge(element)
+
+    def merge_accumulators(self, accumulators):
+        return TopContexts.merge_all(list(accumulators))
+
+    def extract_output(self, accumulator):
+        return accumulator
+
+
+def contexts(plan: RunPlan, job: ContextsJob, folder: Path, options: dict) -> dict:
+    """The neuron-contexts job as a Beam pipeline (``Create(units) -> ParDo(contexts) ->
+    CombineGlobally -> Parquet sink``); ``neuron_contexts.parquet`` lands in ``folder`` as a
+    folder of part files."""
+    pipeline_args = list(options.pop("pipeline_args", []) or [])
+    if options:
+        raise EngineError(f"beam engine options: expected only pipeline_args, "
+                          f"got {sorted(options)}")
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    beam_options, runner = _options(pipeline_args)
+    pipeline = beam.Pipeline(runner=runner, options=beam_options)
+    found = (pipeline | "Units" >> beam.Create(list(plan.units), reshuffle=False)
+             | "Spread" >> beam.Reshuffle()
+             | "Contexts" >> beam.ParDo(ContextsDoFn(job)).with_outputs("errors", main="found"))
+    merged = found.found | "Merge" >> beam.CombineGlobally(ContextsCombineFn(job.per_neuron))
+    _sink(merged | "Table" >> beam.Map(contexts_table, job), folder, "neuron_contexts",
+          num_shards=1)
+    found.errors | "Record errors" >> beam.ParDo(RecordErrorFn(str(folder / ERRORS_DIR)))
+    try:
+        state = pipeline.run().wait_until_finish()
+    except NexError:
+        raise
+    except Exception as err:  # a runner failure: one line, naming the runner
+        raise EngineError(f"beam pipeline: expected it to finish, got "
+                          f"{type(err).__name__}: {' '.join(str(err).split())[:400]}") from None
+    _raise_errors(folder)
+    if str(state) not in ("DONE", "PipelineState.DONE"):
+        raise EngineError(f"beam pipeline state: expected DONE, got {state}")
+    return {"runner": beam_options.view_as(StandardOptions).runner or "FnApiRunner (embedded)",
+            "pipeline_args": pipeline_args}

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import dask
@@ -23,6 +24,7 @@ from distributed import Client, LocalCluster, wait
 
 from .. import tables
 from .analysis import analyse_unit, merge_credit, score_unit, write_tables
+from .contexts import ContextsJob, TopContexts, contexts_table, unit_contexts
 from .plan import GLOBAL_KEY, EngineError, RunPlan, ScoreConfig, calibration_keys, open_store
 from .weights import weights_for_keys
 
@@ -116,8 +118,10 @@ def compute(client: Client, plan: RunPlan, staging: Path) -> dict:
     return write_tables(staging, plan, _in_order(scored), credit, weights)
 
 
-def run(plan: RunPlan, staging: Path, options: dict) -> dict:
-    """Run on a local cluster (``workers`` processes) or at ``scheduler``; write tables."""
+@contextmanager
+def _client(options: dict):
+    """A client of a local cluster (``workers`` processes) or of the cluster at
+    ``scheduler``: yields ``(client, info)`` and closes what it started."""
     scheduler = options.pop("scheduler", None)
     workers = options.pop("workers", None)
     if options:
@@ -158,10 +162,47 @@ def run(plan: RunPlan, staging: Path, options: dict) -> dict:
                                   f"got {type(err).__name__}: {err}") from None
             with client:
                 n_workers = len(client.scheduler_info().get("workers", {}))
-                counts = compute(client, plan, staging)
+                yield client, {"runner": "dask.distributed",
+                               "scheduler": scheduler or "LocalCluster", "workers": n_workers}
         finally:
             if cluster is not None:
                 cluster.close()
             quiet.setLevel(level)
-    return {"runner": "dask.distributed", "scheduler": scheduler or "LocalCluster",
-            "workers": n_workers, **counts}
+
+
+def run(plan: RunPlan, staging: Path, options: dict) -> dict:
+    """Run on a local cluster (``workers`` processes) or at ``scheduler``; write tables."""
+    with _client(options) as (client, info):
+        counts = compute(client, plan, staging)
+    return {**info, **counts}
+
+
+# --------------------------------------------------------------------------- contexts
+def _unit_contexts(job: ContextsJob, unit):
+    return unit_contexts(open_store(job.store), unit, job)
+
+
+def _merge_contexts(*parts: TopContexts) -> TopContexts:
+    return TopContexts.merge_all(parts)
+
+
+def contexts(plan: RunPlan, job: ContextsJob, folder: Path, options: dict) -> dict:
+    """The neuron-contexts job on the cluster: one task per unit, values merged by a tree
+    reduction there (each merge holds at most ``FAN_IN`` values of neurons x contexts
+    rows); the merged value comes back and ``neuron_contexts.parquet`` is written into
+    ``folder`` here."""
+    with _client(options) as (client, info):
+        run_id = uuid.uuid4().hex[:8]
+        level = [client.submit(_unit_contexts, job, unit, key=f"nex-contexts-{run_id}-{unit.index}",
+                               pure=False) for unit in plan.units]
+        depth = 0
+        while len(level) > 1 or depth == 0:
+            level = [client.submit(_merge_contexts, *level[i:i + FAN_IN],
+                                   key=f"nex-contexts-merge-{run_id}-{depth}-{i // FAN_IN}",
+                                   pure=False)
+                     for i in range(0, len(level), FAN_IN)]
+            depth += 1
+        _raise_first_error(level)
+        merged = level[0].result()
+    tables.write_table(tables.table_path(folder, "neuron_contexts"), contexts_table(merged, job))
+    return {**info, "rows": len(merged)}

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .. import tables
 from .analysis import CreditMerger, UnitResult, analyse_unit, plan_weights, score_unit, write_tables
+from .contexts import ContextsJob, TopContexts, contexts_table, unit_contexts
 from .plan import EngineError, RunPlan, open_store
 
 
@@ -63,3 +64,16 @@ def run(plan: RunPlan, staging: Path, options: dict) -> dict:
         credit, weights, rows = compute(plan, spill, phases)
         counts = write_tables(staging, plan, rows, credit, weights)
     return {"runner": "in-process loop", "workers": 1, **counts}
+
+
+def contexts(plan: RunPlan, job: ContextsJob, folder: Path, options: dict) -> dict:
+    """The neuron-contexts job in-process: each unit's top rows merged into one running
+    value as the units are read; writes ``neuron_contexts.parquet`` into ``folder``."""
+    if options:
+        raise EngineError(f"local engine options: expected none, got {sorted(options)}")
+    store = open_store(plan.config.store)
+    merged = TopContexts.empty(job.per_neuron)
+    for unit in plan.units:
+        merged = merged.merge(unit_contexts(store, unit, job))
+    tables.write_table(tables.table_path(folder, "neuron_contexts"), contexts_table(merged, job))
+    return {"runner": "in-process loop", "workers": 1, "rows": len(merged)}

@@ -93,9 +93,21 @@ class RunPlan:
     fingerprint: str
     store_summary: dict
     fixed_weights: SparseWeights | None = None
+    hooked_neurons: dict = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- planning
+def hooked_neurons(capture: dict | None) -> int | None:
+    """Neurons a capture hooked (hooked layers x MLP width), from its recorded parameters;
+    None where they do not say (an imported row cache, a synthetic store without them)."""
+    capture = capture or {}
+    layers, width = capture.get("layers"), capture.get("intermediate_size")
+    if not isinstance(layers, list) or not layers or isinstance(width, bool) \
+            or not isinstance(width, int) or width < 1:
+        return None
+    return len(layers) * width
+
+
 @lru_cache(maxsize=4)
 def open_store(path: str):
     """The store at ``path``, opened once per process (read-only)."""
@@ -157,6 +169,8 @@ def plan_run(config: ScoreConfig) -> RunPlan:
     if table.num_rows == 0:
         raise EngineError(f"store {config.store}: expected at least one complete trace, got 0")
     _refuse_duplicate_traces(config.store, table)
+    models = tuple(sorted(set(table["model_id"].to_pylist())))
+    hooked = {m: hooked_neurons(store.capture_metadata(m)) for m in models}
     columns = {name: table[name].to_numpy(zero_copy_only=False) for name in UNIT_COLUMNS}
     entries = table["n_entries"].to_numpy()
     parts = np.asarray(table["part"].to_pylist(), dtype=object)
@@ -172,6 +186,8 @@ def plan_run(config: ScoreConfig) -> RunPlan:
             meta = {name: columns[name][a + lo:a + hi] for name in UNIT_COLUMNS}
             for name in _STRING_COLUMNS:
                 meta[name] = [str(v) for v in meta[name]]
+            meta["hooked_neurons"] = np.array([hooked.get(m) or 0 for m in meta["model_id"]],
+                                              np.int64)
             units.append(WorkUnit(len(units), part, int(index[lo]), int(index[lo]) + hi - lo,
                                   whole_part=(hi - lo == b - a and int(index[0]) == 0),
                                   meta=meta))
@@ -181,11 +197,11 @@ def plan_run(config: ScoreConfig) -> RunPlan:
         from ..weights_io import load_weights
 
         fixed = SparseWeights.from_dense(load_weights(config.weights_file))
-    models = tuple(sorted(set(table["model_id"].to_pylist())))
     summary = {"path": str(store.path), "traces": table.num_rows, "parts": len(summaries),
                "models": list(models),
                "entries": int(sum(s.get("n_entries", 0) for s in summaries.values()))}
-    return RunPlan(config, tuple(units), table.num_rows, models, fingerprint, summary, fixed)
+    return RunPlan(config, tuple(units), table.num_rows, models, fingerprint, summary, fixed,
+                   hooked)
 
 
 def calibration_keys(plan: RunPlan) -> list[str]:
@@ -194,4 +210,5 @@ def calibration_keys(plan: RunPlan) -> list[str]:
 
 
 __all__ = ["CALIBRATIONS", "DEFAULT_BATCH_ENTRIES", "EngineError", "GLOBAL_KEY", "RunPlan",
-           "ScoreConfig", "WorkUnit", "calibration_keys", "open_store", "plan_run"]
+           "ScoreConfig", "WorkUnit", "calibration_keys", "hooked_neurons", "open_store",
+           "plan_run"]

@@ -25,7 +25,8 @@ def synthetic_store(path: str | Path, n_traces: int = 60, models: tuple = ("mode
 
     Trace ``i`` belongs to ``models[i // traces_per_part % len(models)]`` (so each part
     holds one model, as capture writes them), prompt ``i // samples_per_prompt``; every
-    ``stats_every``-th trace has no per-token statistics (0: all have them).
+    ``stats_every``-th trace has no per-token statistics (0: all have them). Each model's
+    capture record names ``n_layers`` hooked layers of ``units_per_layer`` units.
     """
     from ..store import ActivationStore
 
@@ -36,7 +37,10 @@ def synthetic_store(path: str | Path, n_traces: int = 60, models: tuple = ("mode
     corpus = synthetic_corpus(spec)
     aggregates = corpus.aggregate()
     rng = np.random.default_rng(seed + 1)
-    store = ActivationStore.create(path, {"capture": {"synthetic": True, "seed": seed}})
+    for model in models:  # one capture record per model, like `nex capture` appending
+        store = ActivationStore.create(path, {"capture": {
+            "model_id": model, "synthetic": True, "seed": seed,
+            "layers": list(range(n_layers)), "intermediate_size": units_per_layer}})
     records: list[TraceRecord] = []
     for t in range(n_traces):
         r0, r1 = int(corpus.trace_row_ptr[t]), int(corpus.trace_row_ptr[t + 1])

@@ -17,7 +17,7 @@ from nex_transforms.errors import expected
 
 from ..tables import read_run, read_table, table_path
 from . import statistics as st
-from .coverage import capture_budget, model_coverage
+from .coverage import capture_budget, capture_top_k, model_coverage
 from .grading import EvaluationError, Grader
 from .labels import grade_traces, read_labels, store_traces
 from .selectors import MAJORITY_VOTE, NEX_VOTE, ORACLE, RANDOM, SCORE_SELECTORS
@@ -27,6 +27,8 @@ RESPONSE_COLUMNS = ("trace_id", "prompt_id", "sample_index", "model_id", "gmf", 
                     "n_redundant_cycles", "response_tokens", "mean_entropy",
                     "mean_self_certainty", "mean_token_logprob", "deepconf_mean_confidence",
                     "deepconf_lowest_group_confidence")
+#: Regime diagnostics, in tables of schema 3 (NaN for older tables).
+REGIME_COLUMNS = ("late_novelty", "pool_coverage")
 MAX_PHASE_EXAMPLES = 4
 
 
@@ -98,6 +100,8 @@ def load_eval_data(tables_dirs: list[str | Path], labels: str | Path | None = No
         all_grades.extend(grades)
         finish = [texts.get(t, {}).get("finish_reason") for t in responses["trace_id"]]
         frame = {c: responses[c] for c in RESPONSE_COLUMNS}
+        n_rows = len(responses["trace_id"])
+        frame.update({c: responses.get(c, [None] * n_rows) for c in REGIME_COLUMNS})
         frame["model"] = [rename[m] for m in responses["model_id"]]
         frame["answer"] = [g["answer"] for g in grades]
         frame["status"] = [g["status"] for g in grades]
@@ -109,6 +113,7 @@ def load_eval_data(tables_dirs: list[str | Path], labels: str | Path | None = No
                 phases.append({**row, "model": rename.get(row["model_id"], row["model_id"])})
         sources.append({"tables": str(tables), "store": store_path,
                         "row_size": row_size, "max_new_tokens": budget,
+                        "top_k_neurons": capture_top_k(store_path) if store_path else None,
                         "models": sorted(rename.values())})
     merged = {c: np.concatenate([np.asarray(f[c], dtype=object if c in
                                              ("trace_id", "prompt_id", "model_id", "model",
@@ -342,6 +347,7 @@ def evaluate(data: EvalData, seed: int = 0, n_boot: int = 1000, n_bins: int = 5)
     accuracy = {}
     row_sizes = {m: s.get("row_size") for s in data.sources for m in s["models"]}
     budgets = {m: s.get("max_new_tokens") for s in data.sources for m in s["models"]}
+    top_ks = {m: s.get("top_k_neurons") for s in data.sources for m in s["models"]}
     prompt_groups = {}
     for model in model_names:
         member = responses["model"] == model
@@ -367,9 +373,10 @@ def evaluate(data: EvalData, seed: int = 0, n_boot: int = 1000, n_bins: int = 5)
         entry["auroc"] = auroc_table(groups, seed, n_boot) if groups else {}
         columns = {k: responses[k][member] for k in
                    ("n_rows", "n_kept_rows", "n_cycles", "n_effective_cycles",
-                    "n_redundant_cycles", "response_tokens")}
+                    "n_redundant_cycles", "response_tokens", "gmf", *REGIME_COLUMNS)}
         columns["model_id"] = np.array([model] * int(member.sum()), dtype=object)
-        entry["coverage"] = model_coverage(columns, row_sizes.get(model), budgets.get(model))[0]
+        entry["coverage"] = model_coverage(columns, row_sizes.get(model), budgets.get(model),
+                                           top_ks.get(model))[0]
         evaluable = np.array([s != "no_reference" for s in statuses])
         correct = np.array([1.0 if c else 0.0 for c in responses["correct"][member]])[evaluable]
         kept = responses["n_kept_rows"][member][evaluable]

@@ -14,6 +14,7 @@ from nex_transforms.errors import expected
 
 from ..crashsafe import replace_folder
 from . import plots
+from .coverage import MAX_POOL_COVERAGE, MIN_LATE_NOVELTY, REFERENCE_REGIME
 from .grading import EvaluationError
 
 REPORT_FILES = ("report.json", "report.md", "report.html", "grades.parquet")
@@ -30,6 +31,10 @@ def _fmt(value, digits: int = 3) -> str:
     if isinstance(value, float):
         return "–" if not math.isfinite(value) else f"{value:.{digits}f}"
     return str(value)
+
+
+def _percent(value) -> str:
+    return "–" if value is None or not math.isfinite(value) else f"{100 * value:.1f} %"
 
 
 def _write_grades(path: Path, grades: list[dict]) -> None:
@@ -73,8 +78,8 @@ def _markdown(result: dict, made: dict) -> str:
     lines += ["Made by `nex eval` from: " + ", ".join(f"`{s['tables']}`" for s in result["sources"])
               + f". Bootstrap: {result['n_boot']} resamples of prompts, seed {result['seed']}; "
               "intervals are 95% percentile intervals. All numbers are in `report.json`.", ""]
-    warnings = [e["coverage"]["warning"] for e in result["models"].values()
-                if e["coverage"]["warning"]]
+    warnings = [w for e in result["models"].values()
+                for w in (e["coverage"]["warning"], e["coverage"].get("regime_warning")) if w]
     if warnings:
         lines += ["## Warnings", ""] + [f"* **{w}**" for w in warnings] + [""]
     lines += ["## Data", "",
@@ -99,6 +104,25 @@ def _markdown(result: dict, made: dict) -> str:
                      f"{c['n_fewer_than_2_cycles']} | {c['n_can_carry_credit']} | "
                      f"{c['n_credited_cycles']} | {_fmt(c['median_response_tokens'], 0)} | "
                      f"{_fmt(c['median_rows'], 0)} | {_fmt(c['row_size'])} |")
+    lines += ["", "### Is the capture in the method's regime?", "",
+              "NEX reads exploration from neurons a response uses for the first time: late "
+              "rows should still bring new ones (late novelty: the share of the entries of a "
+              "response's last fifth of rows whose neuron no earlier row used) out of a pool "
+              "far larger than a response uses (pool coverage: distinct neurons of a response "
+              "over the neurons hooked). Medians over scored responses; the published "
+              f"example's values for comparison. Warned below {MIN_LATE_NOVELTY} late novelty "
+              f"or above {MAX_POOL_COVERAGE:.0%} pool coverage (heuristics).", "",
+              "| model | rows per response (median) | late novelty | pool coverage | "
+              "can carry credit |", "| --- | --- | --- | --- | --- |"]
+    for model, entry in result["models"].items():
+        c = entry["coverage"]
+        lines.append(f"| {model} | {_fmt(c['median_rows'], 0)} | "
+                     f"{_fmt(c.get('late_novelty'), 4)} | {_percent(c.get('pool_coverage'))} | "
+                     f"{c['n_can_carry_credit']} of {c['n_responses']} |")
+    ref = REFERENCE_REGIME
+    lines.append(f"| published example (Qwen3-4B, rows of {ref['row_size']}) | {ref['rows']} | "
+                 f"{ref['late_novelty']:.4f} | {_percent(ref['pool_coverage'])} | "
+                 f"{ref['n_can_carry_credit']} of {ref['n_responses']} |")
     lines.append("")
     for model, entry in result["models"].items():
         lines += [f"## {model}", ""]

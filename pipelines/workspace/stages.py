@@ -133,8 +133,8 @@ def publish_stage(workspace: Workspace, checkpoint: Checkpoint, calset: Calibrat
     checkpoint to be retried, and publishers write only what is missing).
 
     Returns ``{"row": catalog row, "changes": {target: changes}, "warnings": [...]}``;
-    the warnings are ``nex score``'s coverage warnings (a NEX that rests on too few
-    responses with credit).
+    the warnings are those ``nex score`` prints (a NEX that rests on too few responses
+    with credit, a regime that says little).
     """
     row = workspace.result_row(checkpoint, calset)
     tables = workspace.tables_path(checkpoint, calset)
@@ -151,9 +151,9 @@ def publish_stage(workspace: Workspace, checkpoint: Checkpoint, calset: Calibrat
             changes[name] = publish_huggingface(row, where)
         else:
             changes[name] = publish_folder([row], tables, where)
-    warnings = [entry["warning"] for entry in
+    warnings = [warning for entry in
                 tables_coverage(tables, workspace.store_path(checkpoint, calset))
-                if entry["warning"]]
+                for warning in (entry["warning"], entry.get("regime_warning")) if warning]
     workspace.complete(checkpoint, calset, row)
     return {"row": row, "changes": changes, "warnings": warnings}
 

@@ -43,3 +43,5 @@ def test_demo_with_a_real_capture_and_two_engines(tmp_path, reference_dir):
     assert (out / "eval-report" / "report.html").is_file()
     assert evaluation["html"] == str(out / "eval-report" / "report.html")
     assert list(evaluation["accuracy"]) == ["smollm2-135m"]
+    # stage 8: the explorer site of the same capture
+    assert (out / "explore" / "index.html").is_file() and report["explore"]["site"]

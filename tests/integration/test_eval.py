@@ -410,7 +410,8 @@ def test_score_and_eval_say_when_nex_cannot_mean_anything(scored, tmp_path, caps
     assert f"tiny-llama: {creditable} of {len(responses)} responses can carry credit" \
         in captured.out
     assert creditable < len(responses) / 2
-    (warning,) = [line for line in captured.err.splitlines() if line.startswith("nex: warning:")]
+    (warning,) = [line for line in captured.err.splitlines()
+                  if line.startswith("nex: warning: NEX of")]
     assert f"NEX of tiny-llama rests on {creditable} of {len(responses)} responses" in warning
     assert f"rows of {ROW_SIZE} tokens" in warning and "--max-new-tokens" in warning
     assert main(["eval", str(tmp_path / "tables"), "--report", str(tmp_path / "report"),

@@ -114,3 +114,8 @@ def late_by_sets(corpus):
 def test_late_novelty_matches_plain_sets(seed, bad):
     corpus = small_corpus(seed, n_traces=5, max_rows=14, key_pool=12, dupes=True, bad=bad)
     np.testing.assert_array_equal(late(corpus), np.array(late_by_sets(corpus), float))
+
+
+def test_pool_coverage_per_trace_pools():
+    out = pool_coverage(np.array([2, 3, 4]), np.array([8, 0, 16]))
+    assert out[0] == 0.25 and np.isnan(out[1]) and out[2] == 0.25

@@ -36,7 +36,8 @@ def make_tables(root: Path, model: str, plan: dict, seed: int) -> tuple[Path, li
             row = {"trace_id": f"{model}:{prompt}:{s}", "prompt_id": prompt, "sample_index": s,
                    "model_id": model, "gmf": float(rng.random()), "n_rows": 10,
                    "n_kept_rows": 10, "n_explore_rows": 4, "n_cycles": 2,
-                   "n_effective_cycles": 1, "n_redundant_cycles": 0, "response_tokens": 40}
+                   "n_effective_cycles": 1, "n_redundant_cycles": 0, "response_tokens": 40,
+                   "late_novelty": 0.1, "distinct_neurons": 50, "pool_coverage": 0.05}
             row.update({c: float(rng.normal()) for c in BASELINE_COLUMNS})
             row["correct"] = bool(rng.random() < 0.5)
             rows.append(row)
@@ -50,7 +51,8 @@ def make_tables(root: Path, model: str, plan: dict, seed: int) -> tuple[Path, li
                  "n_responses": [len(rows)], "n_scored": [len(rows) - 1], "n_skipped": [0],
                  "n_cycles": [0], "n_effective_cycles": [0], "n_redundant_cycles": [0],
                  **{c: [0.0] for c in BASELINE_COLUMNS},
-                 "n_nonzero_weights": [1], "n_positive_weights": [1], "n_negative_weights": [0]}
+                 "n_nonzero_weights": [1], "n_positive_weights": [1], "n_negative_weights": [0],
+                 "late_novelty": [0.1], "pool_coverage": [0.05], "hooked_neurons": [1000]}
     tables.write_table(folder / "models.parquet", tables.to_table("models", model_row))
     (folder / "run.json").write_text("{}")
     return folder, rows

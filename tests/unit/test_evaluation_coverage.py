@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from pipelines.evaluation.coverage import TARGET_ROWS, infer_row_size, model_coverage
+from pipelines.evaluation.coverage import (REFERENCE_REGIME, TARGET_ROWS, infer_row_size,
+                                           model_coverage)
 
 
 def columns(rows):
@@ -50,3 +52,45 @@ def test_advice_when_rows_are_already_small():
     (entry,) = model_coverage(columns(rows), row_size=2, max_new_tokens=128)
     assert "only longer responses" in entry["warning"]
     assert "--row-size" not in entry["warning"]
+
+
+def regime_columns(rows, late, coverage, gmf=None):
+    out = columns(rows)
+    out["late_novelty"] = np.array(late, float)
+    out["pool_coverage"] = np.array(coverage, dtype=object)
+    out["gmf"] = np.array(gmf if gmf is not None else [0.5] * len(rows), float)
+    return out
+
+
+def test_regime_is_the_median_over_scored_responses():
+    rows = [("m", 60, 60, 3, 1, 1, 240)] * 4
+    (entry,) = model_coverage(regime_columns(rows, [0.01, 0.2, 0.3, 0.9], [0.5, 0.02, 0.03, None],
+                                             gmf=[0.5, 0.5, 0.5, np.nan]))
+    assert entry["late_novelty"] == pytest.approx(0.2)     # 0.9 is not scored
+    assert entry["pool_coverage"] == pytest.approx(0.03)
+    assert entry["regime_warning"] is None
+
+
+def test_regime_warning_for_saturated_and_stale_captures():
+    rows = [("m", 60, 60, 3, 1, 1, 240)] * 3
+    (entry,) = model_coverage(regime_columns(rows, [0.0, 0.004, 0.01], [0.84, 0.85, 0.86]),
+                              top_k=100)
+    warning = entry["regime_warning"]
+    assert warning.startswith("the capture of m is outside the method's regime")
+    assert "median late novelty 0.004" in warning and "uses 85 % of the hooked neurons" in warning
+    assert "a larger model" in warning and "--top-k-neurons (now 100)" in warning
+    assert "longer rows" in warning
+    (entry,) = model_coverage(regime_columns(rows, [0.3] * 3, [0.4] * 3))
+    assert "late novelty" not in entry["regime_warning"] and "40 %" in entry["regime_warning"]
+    (entry,) = model_coverage(regime_columns(rows, [0.01] * 3, [None] * 3))
+    assert "a larger model" not in entry["regime_warning"]
+
+
+def test_no_regime_without_the_columns():
+    (entry,) = model_coverage(columns([("m", 60, 60, 3, 1, 1, 240)]))
+    assert entry["late_novelty"] is None and entry["regime_warning"] is None
+
+
+def test_reference_regime_is_the_published_example():
+    assert REFERENCE_REGIME["pool_coverage"] == pytest.approx(0.01003, abs=1e-5)
+    assert REFERENCE_REGIME["late_novelty"] == 0.05542

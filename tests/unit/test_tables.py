@@ -44,6 +44,37 @@ def test_model_tallies_merge_to_the_tally_of_all_rows():
     assert np.isnan(ModelTally().nex)
 
 
+def test_model_tallies_keep_the_median_of_the_scored_responses():
+    all_rows = rows(["a", "a", "a", "a", "b"], [0.5, np.nan, 0.25, 1.0, 0.0],
+                    [5, 0, 4, 6, 7], [2, 0, 1, 0, 3], [1.0, np.nan, 2.0, 3.0, 4.0])
+    all_rows["late_novelty"] = np.array([0.1, 0.9, np.nan, 0.3, 0.2])
+    all_rows["pool_coverage"] = np.array([0.01, 0.5, 0.03, 0.02, np.nan])
+    all_rows["hooked_neurons"] = np.array([100, 100, 100, 100, 0])
+    whole = tally_responses(all_rows, min_rows=3)
+    parts = [tally_responses({k: v[i:i + 1] for k, v in all_rows.items()}, 3)
+             for i in range(5)]
+    assert merge_tallies(parts) == merge_tallies(parts[::-1]) == whole
+    # trace 1 is not scored (NaN GMF): its 0.9 and 0.5 are left out
+    assert whole["a"].medians() == {"late_novelty": pytest.approx(0.2),
+                                    "pool_coverage": pytest.approx(0.02)}
+    assert whole["a"].hooked_neurons == 100
+    b = whole["b"].medians()
+    assert b["late_novelty"] == 0.2 and np.isnan(b["pool_coverage"])
+    assert whole["b"].hooked_neurons == 0
+
+
+def test_undefined_diagnostics_are_written_as_nulls():
+    columns = {"model_id": ["a", "b"], "calibration": ["per-model"] * 2,
+               "calibration_key": ["a", "b"], "late_novelty": [0.05, np.nan],
+               "pool_coverage": [np.nan, 0.2], "hooked_neurons": [0, 512]}
+    for name in tables.schema("models").names:
+        columns.setdefault(name, [1, 1])
+    table = tables.to_table("models", columns)
+    assert table["late_novelty"].to_pylist() == [0.05, None]
+    assert table["pool_coverage"].to_pylist() == [None, 0.2]
+    assert table["hooked_neurons"].to_pylist() == [None, 512]
+
+
 def test_trace_batches_keep_whole_traces_and_cover_the_part():
     entries = np.array([5, 5, 30, 1, 1, 1, 8])
     splits = trace_batches(entries, 10)
@@ -76,15 +107,16 @@ def test_tables_have_their_documented_columns():
     assert tables.schema("responses").names == [
         "trace_id", "prompt_id", "sample_index", "model_id", "gmf", "n_rows", "n_kept_rows",
         "n_explore_rows", "n_cycles", "n_effective_cycles", "n_redundant_cycles",
-        "response_tokens", *BASELINES]
+        "response_tokens", "late_novelty", "distinct_neurons", "pool_coverage", *BASELINES]
     assert tables.schema("neurons").names == ["model_id", "key", "layer", "unit", "eff", "red",
                                               "weight"]
     assert tables.schema("phases").names == ["trace_id", "model_id", "row", "novelty_slope",
                                              "z", "label", "cycle", "credited"]
-    assert tables.schema("phases").metadata[b"nex_tables_schema_version"] == b"2"
+    assert tables.schema("phases").metadata[b"nex_tables_schema_version"] == b"3"
     models = tables.schema("models").names
     assert {"model_id", "nex", "log_gap", "n_responses", "n_scored", "n_skipped",
-            "n_nonzero_weights", "calibration", *BASELINES} <= set(models)
+            "n_nonzero_weights", "calibration", *BASELINES, "late_novelty", "pool_coverage",
+            "hooked_neurons"} <= set(models)
     empty = tables.to_table("neurons", {})
     assert empty.num_rows == 0 and empty.schema.names == tables.schema("neurons").names
     with pytest.raises(tables.TablesError):
