@@ -244,7 +244,12 @@ def _score_checkpoint(workspace, checkpoint, calibration_set, publish_to, tracki
     for stage, deployment, local, parameters in stages:
         log(f"{ckpt['name']} [{calset['name']}]: {stage} ...")
         try:
-            if deployment:
+            finished = ws.finished_stage(ws.Workspace(workspace), ws.Checkpoint(**ckpt),
+                                         ws.load_calibration_set(calset), stage) \
+                if deployment else None
+            if finished is not None:  # done before: no flow run on the other pool
+                summary[stage] = {"reused": True, "deployment": deployment}
+            elif deployment:
                 summary[stage] = remote_stage_task(workspace, ckpt, calset, stage, deployment,
                                                    parameters, stall_seconds)
             else:

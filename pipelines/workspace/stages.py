@@ -66,12 +66,10 @@ def capture_stage(workspace: Workspace, checkpoint: Checkpoint, calset: Calibrat
     loading the model; a half-finished one resumes (complete parts are kept). Returns the
     capture summary (``reused`` True when reused).
     """
+    finished = finished_stage(workspace, checkpoint, calset, "capture")
+    if finished is not None:
+        return finished
     marker = workspace.entry_dir(checkpoint, calset) / "capture.json"
-    if marker.is_file():
-        try:
-            return dict(json.loads(marker.read_text()), reused=True)
-        except ValueError:
-            pass
     state, why = checkpoint_state(checkpoint.path, settle_seconds=0.0)
     if state != "ready":
         raise CheckpointError(f"checkpoint {checkpoint.name} ({checkpoint.path}): {why}")
@@ -93,16 +91,41 @@ def score_stage(workspace: Workspace, checkpoint: Checkpoint, calset: Calibratio
 
     Reuse: tables whose ``run.json`` has the store's current fingerprint are kept.
     Returns the run summary (``reused`` True when the tables were kept)."""
-    store = workspace.store_path(checkpoint, calset)
+    finished = finished_stage(workspace, checkpoint, calset, "score")
+    if finished is not None:
+        return finished
     tables = workspace.tables_path(checkpoint, calset)
-    config = ScoreConfig(store=str(store), calibration=calset.calibration)
-    if (tables / "run.json").is_file():
-        run = read_run(tables)
-        if run.get("store_fingerprint") == plan_run(config).fingerprint:
-            return dict(run, reused=True)
+    config = ScoreConfig(store=str(workspace.store_path(checkpoint, calset)),
+                         calibration=calset.calibration)
     with stage_heartbeat(workspace, checkpoint, calset, "score", owner):
         summary = run_engine(engine or calset.engine, config, tables, engine_options)
     return dict(summary, reused=False)
+
+
+def finished_stage(workspace: Workspace, checkpoint: Checkpoint, calset: CalibrationSet,
+                   stage: str) -> dict | None:
+    """The summary of a stage already complete in the workspace (``reused`` True), else
+    None: a capture whose marker ``capture.json`` was written (after its store was
+    finalized), tables whose ``run.json`` has the store's current fingerprint. A flow
+    checks this before sending a stage to another pool, so a retried publish does not
+    start capture and score runs only to find them done."""
+    if stage == "capture":
+        marker = workspace.entry_dir(checkpoint, calset) / "capture.json"
+        try:
+            return dict(json.loads(marker.read_text()), reused=True)
+        except (OSError, ValueError):
+            return None
+    if stage == "score":
+        tables = workspace.tables_path(checkpoint, calset)
+        store = workspace.store_path(checkpoint, calset)
+        if not (tables / "run.json").is_file() or not store.is_dir():
+            return None
+        run = read_run(tables)
+        config = ScoreConfig(store=str(store), calibration=calset.calibration)
+        if run.get("store_fingerprint") == plan_run(config).fingerprint:
+            return dict(run, reused=True)
+        return None
+    raise WorkspaceError(expected("stage", "capture or score", repr(stage)))
 
 
 def resolve_target(workspace: Workspace, checkpoint: Checkpoint, target: str,
@@ -199,5 +222,6 @@ def clear_stale_heartbeat(workspace: Workspace, checkpoint: Checkpoint, calset: 
         Path(path).unlink(missing_ok=True)
 
 
-__all__ = ["HEARTBEAT_SECONDS", "STALL_SECONDS", "capture_stage", "clear_stale_heartbeat", "publish_stage",
+__all__ = ["HEARTBEAT_SECONDS", "STALL_SECONDS", "capture_stage", "clear_stale_heartbeat",
+           "finished_stage", "publish_stage",
            "resolve_target", "score_stage", "stage_heartbeat", "stage_progress", "stall_reason"]

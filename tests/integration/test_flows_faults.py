@@ -580,6 +580,10 @@ def test_soak_twelve_checkpoints_through_registry_restarts_and_worker_kills(
     tags_per_version = len(published_tags(rows[versions[0]]))
     assert requests.count("/model-versions/set-tag HTTP/1.1\" 200") == 4 * tags_per_version
     assert_clean(workspace)
+    # each checkpoint captured once on the pool: a publish retried after a registry restart
+    # does not send another capture there (runs given up after a kill are crashed ones)
+    completed_captures = [r for r in capture_runs(workspace) if r.state.is_completed()]
+    assert len(completed_captures) == 12
     assert [e[1] for e in done_events].count("restart-mlflow") == 3
     assert [e[1] for e in done_events].count("kill-worker") == 3
     print(f"soak: {len(summaries)} scans in {time.monotonic() - started:.0f} s; "

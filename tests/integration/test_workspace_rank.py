@@ -27,6 +27,7 @@ from pipelines.cli import main  # noqa: E402
 from pipelines.workspace import (Checkpoint, Workspace, content_hash,  # noqa: E402
                                  load_calibration_set)
 
+pytestmark = pytest.mark.timeout(900)  # the module's three captures run in the first test
 PROMPTS = ["two plus three is", "how many apples are left ?", "she sold ten eggs"]
 
 

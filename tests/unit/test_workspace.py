@@ -18,6 +18,7 @@ from pipelines.workspace import (CALIBRATION_SET_DIR, CalibrationSet, Checkpoint
                                  WorkspaceError, checkpoint_state, content_hash,
                                  load_calibration_set)
 
+pytestmark = pytest.mark.timeout(120)
 REPO = Path(__file__).resolve().parents[2]
 
 
