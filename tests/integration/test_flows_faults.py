@@ -18,8 +18,9 @@ the fault cases is the plain server and the authenticated setup gets one case of
 * the ``gpu`` worker killed in the middle of a capture: its flow-run process ends by
   itself; then the worker and its flow-run process SIGKILLed together: the waiting
   watcher gives the run up, retries, and the capture resumes from its complete parts;
-* ``nex flows watch`` SIGKILLed during a capture and run again at once: the claim of the
-  dead scan is taken over and the checkpoint finished in the second run;
+* ``nex flows watch`` SIGKILLed during a capture on the ``gpu`` pool and run again at once:
+  the claim of the dead scan is taken over, the capture run it started is waited on (not
+  started twice), and the checkpoint finished in the second run;
 * a broken checkpoint beside good ones: only it fails and is recorded, exit status 1, the
   others published; the next scan exits 0;
 * a bounded soak: 12 checkpoints (8 folders, 4 registered versions) dropped over 90 s
@@ -445,25 +446,37 @@ def test_a_killed_watcher_is_taken_over_by_the_next_one_at_once(cluster, calset,
     source = tmp_path / "checkpoints"
     drop_folder(source, "taken", seed=5)
     workspace = tmp_path / "ws"
-    release = tmp_path / "release"
-    first = nex_watch(cluster, workspace, calset, source,
-                      env={FAULT_ENV: f"pause:staged:*-c000001-*:{release}"})
+    release = tmp_path / "release"  # the capture on the gpu pool holds at part 1 until it exists
+    cluster.kill_worker("gpu")
+    cluster.start_worker("gpu", {FAULT_ENV: f"pause:staged:*-c000001-*:{release}"})
+    pools = ("--capture-deployment", "capture/gpu")
+    first = nex_watch(cluster, workspace, calset, source, *pools)
+    second = None
     try:
         wait_file(Path(f"{release}.waiting"), proc=first)
         (claim,) = list((workspace / "claims").glob("*.claim"))
         assert json.loads(claim.read_text())["pid"] == first.pid  # the scan holds it
         os.killpg(first.pid, signal.SIGKILL)
         first.wait(30)
+        started = time.monotonic()
+        second = nex_watch(cluster, workspace, calset, source, *pools)
+        deadline = time.monotonic() + 120
+        while json.loads(claim.read_text() if claim.exists() else "{}").get("pid") != second.pid:
+            assert time.monotonic() < deadline and second.poll() is None, "claim not taken over"
+            time.sleep(0.2)
+        release.touch()  # the capture run the dead scan started goes on
+        code, summary, output = finish(second)
     finally:
-        if first.poll() is None:
-            stop_group(first, signal.SIGKILL)
-    started = time.monotonic()
-    code, summary, output = finish(nex_watch(cluster, workspace, calset, source))
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                stop_group(proc, signal.SIGKILL)
+        cluster.kill_worker("gpu")
+        cluster.start_worker("gpu")
     assert code == 0, output[-4000:]
     assert [s["name"] for s in summary["scored"]] == ["taken"]
     assert summary["claimed_elsewhere"] == []  # the dead scan's claim was taken over at once
-    (marker,) = list((workspace / "checkpoints").glob("*/*/capture.json"))
-    assert json.loads(marker.read_text())["parts_skipped"] == 1
+    runs = capture_runs(workspace)  # the second scan waited on the first one's capture run
+    assert [r.state.type.value for r in runs] == ["COMPLETED"]
     assert_clean(workspace)
     print(f"killed watcher: the second scan finished in {time.monotonic() - started:.1f} s")
 
