@@ -22,7 +22,7 @@ from nex_transforms.baselines import BASELINES
 from .tables import TABLE_NAMES, read_run, read_table, table_path
 
 #: Bumped when columns change (kept in the Parquet schema metadata).
-CATALOG_SCHEMA_VERSION = "2"
+CATALOG_SCHEMA_VERSION = "3"
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,9 @@ PUBLISHED = (
               tag="nex_responses_with_credit", source="coverage", integer=True),
     Published("credited_cycles", metric="nex_credited_cycles", tag="nex_credited_cycles",
               source="coverage", integer=True),
+    # whether the capture is in the method's regime (nex_transforms.diagnostics)
+    Published("late_novelty", metric="nex_late_novelty", tag="nex_late_novelty"),
+    Published("pool_coverage", metric="nex_pool_coverage", tag="nex_pool_coverage"),
 )
 IDENTITY = ("checkpoint", "checkpoint_key", "checkpoint_hash", "checkpoint_path", "source",
             "calibration_set", "calibration_key", "model_id")

@@ -12,13 +12,21 @@ from nex_transforms.errors import expected
 
 from . import PublishError
 
+#: Catalog column -> (model-index metric type, metric name) of the results written.
+CARD_METRICS = {"nex": ("nex", "NEX"), "log_gap": ("nex_log_gap", "NEX log-gap"),
+                "late_novelty": ("nex_late_novelty", "NEX regime: late novelty"),
+                "pool_coverage": ("nex_pool_coverage", "NEX regime: pool coverage")}
+
+
 def _ours(result, calset: str) -> bool:
-    return result.dataset_type == f"nex/{calset}" and result.metric_type in ("nex", "nex_log_gap")
+    return result.dataset_type == f"nex/{calset}" and \
+        result.metric_type in {metric for metric, _ in CARD_METRICS.values()}
 
 
 def publish_huggingface(result: dict, model_folder: str | os.PathLike) -> dict:
-    """Write one result row's NEX and log-gap into ``MODEL_FOLDER/README.md``'s model-index
-    (dataset ``nex/<calibration set>``, metrics ``nex`` and ``nex_log_gap``). Results of
+    """Write one result row's NEX, log-gap and regime diagnostics into
+    ``MODEL_FOLDER/README.md``'s model-index (dataset ``nex/<calibration set>``, metrics
+    of :data:`CARD_METRICS`; a value the row lacks is left out). Results of
     other datasets or metrics and the card text are kept. Returns ``{"card": 1}`` when the
     card changed, ``{"card": 0}`` when it already held these results."""
     try:
@@ -39,14 +47,14 @@ def publish_huggingface(result: dict, model_folder: str | os.PathLike) -> dict:
     calset = result["calibration_set"]
     kept = [r for r in (card.data.eval_results or []) if not _ours(r, calset)]
     ours = []
-    for metric, name in (("nex", "NEX"), ("log_gap", "NEX log-gap")):
-        value = result[metric]
+    for column, (metric, name) in CARD_METRICS.items():
+        value = result.get(column)
         if value is None or not math.isfinite(float(value)):
             continue
         ours.append(EvalResult(task_type="text-generation", task_name="label-free reasoning score",
                                dataset_type=f"nex/{calset}", dataset_name=f"NEX calibration set {calset}",
-                               metric_type="nex" if metric == "nex" else "nex_log_gap",
-                               metric_name=name, metric_value=round(float(value), 10)))
+                               metric_type=metric, metric_name=name,
+                               metric_value=round(float(value), 10)))
     card.data.eval_results = kept + ours
     if not getattr(card.data, "model_name", None):
         card.data.model_name = result["checkpoint"]

@@ -31,8 +31,8 @@ if os.environ.get("CI", "").lower() != "true":
     pytest.importorskip("torch")
 
 from pipelines.capture.tiny import build_tiny_model  # noqa: E402
-from tests.servers import (BIN, deploy_infra, free_port, start_mlflow,  # noqa: E402
-                           start_prefect, stop_group, wait_http)
+from tests.servers import (BIN, deliver_prefect_backlog, deploy_infra,  # noqa: E402
+                           free_port, start_mlflow, start_prefect, stop_group, wait_http)
 
 PROMPTS = ["two plus three is", "how many apples are left ?", "she sold ten eggs"]
 
@@ -57,8 +57,11 @@ def servers(tmp_path_factory):
                           MLFLOW_TRACKING_URI=mlflow_uri)
         with temporary_settings({PREFECT_API_URL: prefect_api,
                                  PREFECT_HOME: str(root / "prefect-home")}):
-            yield {"prefect": prefect_api, "mlflow": mlflow_uri, "env": client_env,
-                   "root": root}
+            try:
+                yield {"prefect": prefect_api, "mlflow": mlflow_uri, "env": client_env,
+                       "root": root}
+            finally:
+                deliver_prefect_backlog()
     finally:
         stop_group(prefect)
         stop_group(mlflow)
@@ -120,6 +123,9 @@ def test_watcher_scores_each_mlflow_version_once_and_publishes_to_the_registry(
         assert mv.tags["nex_credited_cycles"] == str(row["credited_cycles"])
         assert mv.tags["nex_responses_with_credit.tiny"] == str(row["responses_with_credit"])
         assert metrics["nex_credited_cycles.tiny"] == row["credited_cycles"]
+        # and so does the regime the score rests on
+        assert float(mv.tags["nex_late_novelty"]) == pytest.approx(row["late_novelty"])
+        assert metrics["nex_pool_coverage.tiny"] == pytest.approx(row["pool_coverage"])
         folder = f"nex/tiny/{row['tables_fingerprint'][:16]}"
         names = {Path(a.path).name for a in client.list_artifacts(mv.run_id, folder)}
         assert {"models.parquet", "responses.parquet", "neurons.parquet", "run.json"} <= names

@@ -182,7 +182,8 @@ def _row(nex=0.75, calset="gsm8k", fingerprint="f" * 64):
             "checkpoint_path": "", "source": "{}", "calibration_set": calset,
             "calibration_key": f"{calset}-1", "model_id": "ck-1", "nex": nex, "log_gap": 0.6,
             "n_responses": 4, "n_scored": 4, "n_cycles": 9, "responses_with_credit": 2,
-            "credited_cycles": 5, "mean_entropy": 1.0,
+            "credited_cycles": 5, "late_novelty": 0.05, "pool_coverage": 0.01,
+            "mean_entropy": 1.0,
             "mean_self_certainty": 2.0, "mean_token_logprob": -1.0,
             "deepconf_mean_confidence": 3.0, "deepconf_lowest_group_confidence": 3.0,
             "store": "s", "tables": "t", "tables_fingerprint": fingerprint,
@@ -196,11 +197,14 @@ def test_published_tags_and_metrics_follow_the_catalog_list():
     assert tags == {"nex": "0.75", "nex.gsm8k": "0.75", "nex_log_gap": "0.6",
                     "nex_log_gap.gsm8k": "0.6", "nex_responses_with_credit": "2",
                     "nex_responses_with_credit.gsm8k": "2", "nex_credited_cycles": "5",
-                    "nex_credited_cycles.gsm8k": "5", "nex_calibration_set": "gsm8k",
+                    "nex_credited_cycles.gsm8k": "5", "nex_late_novelty": "0.05",
+                    "nex_late_novelty.gsm8k": "0.05", "nex_pool_coverage": "0.01",
+                    "nex_pool_coverage.gsm8k": "0.01", "nex_calibration_set": "gsm8k",
                     "nex_tables_fingerprint.gsm8k": "f" * 64}
     metrics = published_metrics(_row())
     assert metrics["nex.gsm8k"] == 0.75 and metrics["nex_credited_cycles.gsm8k"] == 5.0
     assert metrics["nex_responses_with_credit.gsm8k"] == 2.0
+    assert metrics["nex_late_novelty.gsm8k"] == 0.05 and metrics["nex_pool_coverage.gsm8k"] == 0.01
     assert len(metrics) == len(PUBLISHED)
     # a NEX that rests on nothing: published as such, with its coverage
     empty = dict(_row(nex=float("nan")), responses_with_credit=0, credited_cycles=0)
@@ -227,10 +231,11 @@ def test_huggingface_card_keeps_text_and_other_results(tmp_path):
     results = ModelCard.load(tmp_path / "README.md").data.eval_results
     got = {(r.dataset_type, r.metric_type): r.metric_value for r in results}
     assert got == {("gsm8k", "accuracy"): 0.5, ("nex/gsm8k", "nex"): 0.75,
-                   ("nex/gsm8k", "nex_log_gap"): 0.6}
-    publish_huggingface(_row(nex=0.8), tmp_path)  # a new score replaces ours only
+                   ("nex/gsm8k", "nex_log_gap"): 0.6, ("nex/gsm8k", "nex_late_novelty"): 0.05,
+                   ("nex/gsm8k", "nex_pool_coverage"): 0.01}
+    publish_huggingface(dict(_row(nex=0.8), pool_coverage=None), tmp_path)  # ours replaced
     results = ModelCard.load(tmp_path / "README.md").data.eval_results
-    assert sorted(r.metric_value for r in results) == [0.5, 0.6, 0.8]
+    assert sorted(r.metric_value for r in results) == [0.05, 0.5, 0.6, 0.8]
 
 
 def test_infra_prefect_yaml_names_deployments_whose_entry_points_exist():
