@@ -45,6 +45,16 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             terminalreporter.write_line(f"{report.nodeid}: {reason}")
 
 
+def pytest_unconfigure(config):
+    """Last step of the session: drop what Prefect's in-process services could not deliver
+    to a server the tests already stopped, so the interpreter exits at once."""
+    from tests.servers import discard_prefect_backlog
+
+    dropped = discard_prefect_backlog()
+    if dropped:
+        print(f"\nconftest: dropped {dropped} undeliverable Prefect log/event items at exit")
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session, exitstatus):
     """Under CI (``CI=true``), any skipped test or module makes the run fail (exit 1), so

@@ -58,6 +58,46 @@ def stop_group(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
         proc.wait(10)
 
 
+def deliver_prefect_backlog(timeout: float = 60.0) -> None:
+    """Send what this process's Prefect log and event services still hold while the
+    server is up, and stop them. A flow run in the test process queues logs and events for
+    its server; stopping the server first leaves them queued, and Prefect's exit hook then
+    retries each one against the dead server (over an hour for a few hundred items), so
+    the test process never exits. Called before the fixtures stop their servers."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for service in (APILogWorker, EventsWorker):
+        service.drain_all(timeout=timeout, at_exit=False)
+
+
+def discard_prefect_backlog(timeout: float = 30.0) -> int:
+    """Drop the items Prefect services of this process could not deliver (their server is
+    gone) and stop the services within ``timeout``; returns how many were dropped. The
+    test session's last step, so exit never waits on a server that no longer exists."""
+    if "prefect" not in sys.modules:
+        return 0
+    import concurrent.futures
+    import queue as queue_module
+
+    from prefect._internal.concurrency import services
+
+    dropped, pending = 0, []
+    for service in list(services._active_services):
+        if service._done_event is None or service._done_event.is_set():
+            continue
+        while True:
+            try:
+                service._queue.get_nowait()
+            except queue_module.Empty:
+                break
+            service._queue.task_done()
+            dropped += 1
+        pending.append(service._drain(at_exit=True))
+    concurrent.futures.wait(pending, timeout=timeout)
+    return dropped
+
+
 def prefect_env(root: Path, auth: str | None = None) -> dict:
     """Environment of a Prefect server (and its clients) whose state lives under ``root``."""
     env = dict(os.environ, PREFECT_HOME=str(root / "prefect-home"),

@@ -56,8 +56,9 @@ if os.environ.get("CI", "").lower() != "true":
 from pipelines.capture.tiny import build_tiny_model  # noqa: E402
 from pipelines.catalog import published_metrics, published_tags  # noqa: E402
 from pipelines.crashsafe import FAULT_ENV  # noqa: E402
-from tests.servers import (BIN, REPO, deploy_infra, free_port, start_mlflow,  # noqa: E402
-                           start_prefect, start_worker, stop_group, wait_http)
+from tests.servers import (BIN, REPO, deliver_prefect_backlog, deploy_infra,  # noqa: E402
+                           free_port, start_mlflow, start_prefect, start_worker, stop_group,
+                           wait_http)
 
 pytestmark = pytest.mark.slow
 PROMPTS = ["two plus three is", "she sold ten eggs"]
@@ -159,6 +160,7 @@ def cluster(tmp_path_factory):
                 yield cluster
             finally:
                 torch.set_num_threads(threads)
+                deliver_prefect_backlog()
     finally:
         cluster.stop()
         for key, value in saved.items():
