@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nex_transforms.baselines import BASELINES
 from nex_transforms.errors import expected
 
 from ..tables import read_run, read_table, table_path
@@ -24,9 +25,7 @@ from .selectors import MAJORITY_VOTE, NEX_VOTE, ORACLE, RANDOM, SCORE_SELECTORS
 
 RESPONSE_COLUMNS = ("trace_id", "prompt_id", "sample_index", "model_id", "gmf", "n_rows",
                     "n_kept_rows", "n_explore_rows", "n_cycles", "n_effective_cycles",
-                    "n_redundant_cycles", "response_tokens", "mean_entropy",
-                    "mean_self_certainty", "mean_token_logprob", "deepconf_mean_confidence",
-                    "deepconf_lowest_group_confidence")
+                    "n_redundant_cycles", "response_tokens", *BASELINES)
 #: Regime diagnostics, in tables of schema 3 (NaN for older tables).
 REGIME_COLUMNS = ("late_novelty", "pool_coverage")
 MAX_PHASE_EXAMPLES = 4

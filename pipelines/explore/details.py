@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from nex_transforms import analyse
+from nex_transforms.baselines import BASELINES
 from nex_transforms.params import UNIT_BITS
 
 from ..store import ActivationStore
@@ -25,9 +26,7 @@ from .text import Detokenizer, PromptTexts
 NEURONS_PER_CYCLE = 12
 #: Numbers of a response shown in its header and in the index table (responses columns).
 RESPONSE_NUMBERS = ("gmf", "n_rows", "n_kept_rows", "n_explore_rows", "n_cycles",
-                    "n_effective_cycles", "n_redundant_cycles", "response_tokens",
-                    "mean_entropy", "mean_self_certainty", "mean_token_logprob",
-                    "deepconf_mean_confidence", "deepconf_lowest_group_confidence")
+                    "n_effective_cycles", "n_redundant_cycles", "response_tokens", *BASELINES)
 
 
 @dataclass

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from nex_transforms.errors import expected
 
+from ..crashsafe import atomic_write
 from . import PublishError
 
 #: Catalog column -> (model-index metric type, metric name) of the results written.
@@ -63,8 +64,6 @@ def publish_huggingface(result: dict, model_folder: str | os.PathLike) -> dict:
         return {"card": 0}
     if before is not None and not text.endswith("\n"):
         text += "\n"
-    from ..crashsafe import atomic_write
-
     atomic_write(path, lambda p: p.write_text(text))
     return {"card": 1}
 
