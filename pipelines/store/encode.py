@@ -1,7 +1,9 @@
-"""Turn a list of :class:`TraceRecord` into the arrays and manifest rows of one part, and back."""
+"""Turn a list of :class:`TraceRecord` into the arrays and manifest rows of one part, and back;
+the per-array checksum recorded at write and checked by the readers."""
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +23,12 @@ class EncodedPart:
     arrays: dict
     columns: dict
     counts: dict
+
+
+def checksum(array: np.ndarray) -> int:
+    """CRC-32 of an array's little-endian bytes (recorded per array, checked by verify)."""
+    data = np.ascontiguousarray(array)
+    return zlib.crc32(data.astype(data.dtype.newbyteorder("<"), copy=False).tobytes())
 
 
 def _pointer(lengths: list[int]) -> np.ndarray:

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from ..crashsafe import create_exclusive
+from .schema import StoreError
 
 
 def json_bytes(payload: dict) -> bytes:
@@ -256,8 +257,6 @@ def apply_storage_options(text: str | None) -> dict:
     """Parse ``--storage-options JSON`` and make it the default of every object-store
     :class:`Location` of this process and of the processes it starts (engine workers),
     through ``NEX_STORAGE_OPTIONS``. Returns the options."""
-    from .schema import StoreError
-
     if text is None:
         return {}
     try:

@@ -29,6 +29,7 @@ import numpy as np
 
 from nex_transforms.corpus import trace_key_sums
 
+from .encode import to_storage
 from .schema import PART_ARRAYS, TOKEN_STATS, StoreError, array_dtype
 
 #: Sections of the ``pointers`` array (schema 3), in order: name -> what its length counts.
@@ -119,8 +120,6 @@ def derive_aggregates(trace_row_ptr: np.ndarray, row_entry_ptr: np.ndarray, keys
     and the per-key sum of the given (stored) row masses, summed in float64 in entry order
     and cast to ``dtype`` like any stored mass (beyond-range values clipped, NaN as the
     one canonical NaN). Deterministic: the same entries give the same bits."""
-    from .encode import to_storage
-
     trace_row_ptr = np.asarray(trace_row_ptr, np.int64)
     row_entry_ptr = np.asarray(row_entry_ptr, np.int64)
     for name, ptr, n in (("row pointer", trace_row_ptr, row_entry_ptr.size - 1),

@@ -19,6 +19,7 @@ from nex_transforms import Aggregates, NexError, RowCorpus
 from nex_transforms.segments import segment_sums
 
 from ..records import TOKEN_STAT_NAMES
+from .encode import checksum
 from .layout import (AGGREGATES_DERIVED, aggregates_mode, apply_residuals, derive_aggregates,
                      physical_dtype, physical_lengths, sections, unpack)
 from .schema import StoreError, array_dtype, check_storage
@@ -238,8 +239,6 @@ class _UnitReader:
 
     def verify_checksums(self) -> None:
         """Check the CRC-32 of every array read whole against the part's record."""
-        from .store import checksum
-
         recorded = dict(self.group.attrs.get("checksums") or {})
         for name, values in self.read_whole.items():
             if name in recorded and checksum(values) != recorded[name]:

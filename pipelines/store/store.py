@@ -17,7 +17,6 @@ import shutil
 import sys
 import time
 import uuid
-import zlib
 from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -30,9 +29,10 @@ from nex_transforms.errors import expected
 from ..crashsafe import (LEASE_FILE, Lease, atomic_write, create_exclusive, fault_point,
                          lease_live)
 from ..records import TraceRecord
-from .encode import EncodedPart, decode_records, encode_part
+from .encode import EncodedPart, checksum, decode_records, encode_part
 from .fs import Location, group_node
 from .layout import AGGREGATES_DERIVED, AGGREGATES_STORED, aggregate_residuals, pack
+from .reader import read_part_arrays, read_selection, read_token_ids
 from .schema import (CONSOLIDATED_MANIFEST, MANIFESTS_DIR, PARQUET_OPTIONS, PARTS_DIR,
                      READABLE_SCHEMAS, SCHEMA_VERSION, STAGING_DIR, STORE_KIND, StoreError,
                      check_part_name, check_storage, chunk_codecs, chunking, compact_metadata,
@@ -83,12 +83,6 @@ def package_versions() -> dict:
         except importlib_metadata.PackageNotFoundError:
             out[name] = None
     return out
-
-
-def checksum(array: np.ndarray) -> int:
-    """CRC-32 of an array's little-endian bytes (recorded per array, checked by verify)."""
-    data = np.ascontiguousarray(array)
-    return zlib.crc32(data.astype(data.dtype.newbyteorder("<"), copy=False).tobytes())
 
 
 def _differing_keys(stored: dict, given: dict) -> list[str]:
@@ -664,8 +658,6 @@ class ActivationStore:
     def read_arrays(self, part: str, names: list[str] | None = None) -> dict:
         """Whole arrays of a part (all stored arrays by default), read through the checked
         reader (shards present, dtypes, pointers against the manifest, checksums)."""
-        from .reader import read_part_arrays
-
         return read_part_arrays(self, part, self.manifest([part]), names)
 
     def _selection(self, parts, trace_ids):
@@ -691,8 +683,6 @@ class ActivationStore:
         through the checked reader (:mod:`pipelines.store.reader`): a missing, empty or
         corrupt shard, a wrong dtype or a pointer that disagrees with the manifest raises
         :class:`~pipelines.store.reader.BatchReadError` naming the part and traces."""
-        from .reader import read_selection
-
         return read_selection(self, self._selection(parts, trace_ids), token_stats=False)[0]
 
     def read_token_stats(self, parts: list[str] | None = None,
@@ -703,8 +693,6 @@ class ActivationStore:
         ``TOKEN_STAT_NAMES`` (float32, NaN where a trace has no such statistic); trace
         ``t`` owns ``values[ptr[t]:ptr[t+1]]``.
         """
-        from .reader import read_selection, read_token_ids
-
         table = self._selection(parts, trace_ids)
         _, stats = read_selection(self, table)
         return {"token_ids": read_token_ids(self, table), **stats}
@@ -826,4 +814,4 @@ def aggregate_extras(extras: list[dict]) -> dict:
     return dict(sorted(out.items()))
 
 
-__all__ = ["ActivationStore", "aggregate_extras", "checksum", "write_manifest"]
+__all__ = ["ActivationStore", "aggregate_extras", "write_manifest"]

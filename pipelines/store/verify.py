@@ -9,10 +9,11 @@ import numpy as np
 from nex_transforms import KEY_SPACE, RESERVED_LAYER, UNIT_BITS
 from nex_transforms.segments import segment_ids
 
+from .encode import checksum
 from .layout import derive_part_aggregates, physical_dtype, physical_lengths, sections, unpack
 from .schema import (PART_ARRAYS, READABLE_SCHEMAS, STATUS_COMPLETE, TOKEN_STATS, StoreError,
                      check_storage)
-from .store import ActivationStore, checksum
+from .store import ActivationStore
 
 
 @dataclass
