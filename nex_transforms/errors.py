@@ -23,6 +23,10 @@ class WeightsError(NexError):
     """A neuron weight vector has the wrong shape, dtype or values."""
 
 
+class CommandError(NexError):
+    """A CLI-level input problem (a missing file, a bad option combination)."""
+
+
 def expected(what: str, wanted: str, got: object) -> str:
     """Format the project's standard error message."""
     return f"{what}: expected {wanted}, got {got}"

@@ -7,6 +7,7 @@ import importlib
 import sys
 
 from nex_transforms import NexError
+from nex_transforms.errors import CommandError  # noqa: F401  (raised by the command modules)
 
 #: Subcommand groups, in help order. Each module has ``register(subparsers)``.
 COMMAND_MODULES = [
@@ -24,10 +25,6 @@ COMMAND_MODULES = [
     "pipelines.commands.transfer",
     "pipelines.commands.annotate",
 ]
-
-
-class CommandError(NexError):
-    """A CLI-level input problem (a missing file, a bad option combination)."""
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from nex_transforms.errors import CommandError
+
 
 def _row_size(tables: str) -> int | None:
     try:
@@ -21,7 +23,6 @@ def _row_size(tables: str) -> int | None:
 
 
 def cmd_agree(args: argparse.Namespace) -> int:
-    from ..cli import CommandError
     from ..tables import read_table
     from ..testbed.annotations import agreement, load_annotations
 

@@ -10,9 +10,10 @@ import argparse
 import json
 import sys
 
+from nex_transforms.errors import CommandError
+
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ..cli import CommandError
     from ..evaluation import run_eval
 
     if args.bootstrap < 10:

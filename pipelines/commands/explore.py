@@ -14,9 +14,10 @@ import argparse
 import json
 import sys
 
+from nex_transforms.errors import CommandError
+
 
 def cmd_explore(args: argparse.Namespace) -> int:
-    from ..cli import CommandError
     from ..explore import write_site
 
     if args.engine != "dask" and (args.scheduler is not None or args.workers is not None):

@@ -21,14 +21,14 @@ import json
 import sys
 from pathlib import Path
 
+from nex_transforms.errors import CommandError
+
 from ..failures import BAD_INPUT, failure_kind
 from ..workspace import (CLAIM_STALE_SECONDS, SETTLE_SECONDS, STALL_SECONDS, Workspace,
                          format_ranking, load_calibration_set)
 
 
 def _flows(module: str):
-    from ..cli import CommandError
-
     try:
         return importlib.import_module(f"flows.{module}")
     except ImportError as err:
@@ -47,8 +47,6 @@ def _stages(args) -> dict:
 
 
 def cmd_flows(args: argparse.Namespace) -> int:
-    from ..cli import CommandError
-
     calset = load_calibration_set(args.calibration_set)  # bad names fail before Prefect starts
     if Path(args.calibration_set).suffix:  # a file: absolute, for runs in other processes
         args.calibration_set = str(Path(args.calibration_set).absolute())

@@ -14,11 +14,12 @@ import argparse
 import json
 import sys
 
+from nex_transforms.errors import CommandError
+
 from ..failures import TRANSIENT, describe, failure_kind
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from ..cli import CommandError
     from ..publish import parse_target, results_from_tables
 
     kind, where = parse_target(args.to)

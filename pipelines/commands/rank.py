@@ -7,9 +7,10 @@ import argparse
 import json
 import math
 
+from nex_transforms.errors import CommandError
+
 
 def cmd_rank(args: argparse.Namespace) -> int:
-    from ..cli import CommandError
     from ..workspace import Workspace, format_ranking
 
     workspace = Workspace(args.workspace)

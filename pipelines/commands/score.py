@@ -13,11 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 
+from nex_transforms.errors import CommandError
+
 from .rows_cache import add_method_options, params_from_args
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from ..cli import CommandError
     from ..engines import run_engine
     from ..engines.plan import ScoreConfig
 

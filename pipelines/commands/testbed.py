@@ -13,13 +13,14 @@ import argparse
 import json
 import sys
 
+from nex_transforms.errors import CommandError
+
 
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
 def _preset(args: argparse.Namespace):
-    from ..cli import CommandError
     from ..testbed.presets import get_preset
 
     preset = get_preset(args.preset, steps=getattr(args, "steps", None))
@@ -40,8 +41,6 @@ def _preset(args: argparse.Namespace):
 
 
 def _threads(args: argparse.Namespace) -> int | None:
-    from ..cli import CommandError
-
     if args.threads is not None and args.threads < 1:
         raise CommandError(f"--threads: expected an integer >= 1, got {args.threads}")
     return args.threads
@@ -60,7 +59,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_problems(args: argparse.Namespace) -> int:
-    from ..cli import CommandError
     from ..testbed.problems import generate_problems
     from ..testbed.train import write_prompts
 
@@ -72,7 +70,6 @@ def cmd_problems(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ..cli import CommandError
     from ..testbed.run import STAGES, run_testbed
 
     stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())

@@ -11,10 +11,10 @@ import argparse
 import json
 import sys
 
+from nex_transforms.errors import CommandError
+
 
 def cmd_transfer(args: argparse.Namespace) -> int:
-    from ..cli import CommandError
-
     if args.keys is not None:
         from ..testbed.transfer import transfer_model
 
