@@ -1,9 +1,11 @@
-"""Layer rules: the core imports numpy/scipy only; flows > pipelines > core."""
+"""Layer rules: the core imports numpy/scipy only; flows > pipelines > core; the layers inside
+pipelines (pyproject.toml; cycles: test_import_cycles.py)."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -14,6 +16,18 @@ def test_import_linter_contracts_hold():
     done = subprocess.run([str(exe), "--no-cache"], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "broken" in done.stdout and "0 broken" in done.stdout
+
+
+def test_the_layers_inside_pipelines_are_declared_and_exhaustive():
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]
+    layered = {c["containers"][0]: c for c in config["contracts"]
+               if c["type"] == "layers" and c.get("containers")}
+    assert {"pipelines", "pipelines.store", "pipelines.workspace"} <= set(layered)
+    assert all(c.get("exhaustive") for c in layered.values())
+    # an upward import is tolerated only when listed, with its reason, in pyproject.toml
+    assert layered["pipelines"].get("ignore_imports", []) == [
+        "pipelines.testbed.run -> pipelines.cli"]
+    assert not any(c.get("ignore_imports") for name, c in layered.items() if name != "pipelines")
 
 
 def test_importing_the_core_loads_no_engine():
