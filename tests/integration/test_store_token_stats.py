@@ -16,16 +16,12 @@ import pytest
 
 pytest.importorskip("zarr")
 
+from nex_transforms.baselines import response_baselines  # noqa: E402
 from pipelines.store import ActivationStore  # noqa: E402
 from pipelines.store.encode import quantize_token_stat  # noqa: E402
 from pipelines.store.schema import (DEFAULT_STORAGE, TOKEN_STAT_LIMIT,  # noqa: E402
                                     TOKEN_STAT_STEP)
 from pipelines.store.synthetic import synthetic_records  # noqa: E402
-
-try:  # the baselines moved to the core in issue 10 (engines split)
-    from nex_transforms.baselines import response_baselines  # noqa: E402
-except ImportError:  # pragma: no cover - before the split
-    from pipelines.engines.core import response_baselines  # noqa: E402
 
 
 def _realistic_stats(rng: np.random.Generator, n: int) -> dict:

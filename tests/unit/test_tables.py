@@ -169,7 +169,7 @@ def test_cli_and_core_never_import_engine_libraries():
     import sys
 
     code = ("import sys, pipelines.cli as c; c.build_parser(); "
-            "import pipelines.engines, pipelines.engines.core, pipelines.engines.local, "
+            "import pipelines.engines, pipelines.engines.local, "
             "pipelines.engines.plan, pipelines.engines.analysis, pipelines.store.reader, "
             "pipelines.tables; "
             "print(sorted(m for m in ('apache_beam', 'dask', 'distributed') if m in sys.modules))")
