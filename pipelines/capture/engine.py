@@ -29,6 +29,7 @@ from torch import nn
 from nex_transforms.params import UNIT_BITS
 
 from ..records import TOKEN_STAT_NAMES
+from .errors import CaptureError
 
 from .models import MlpSite
 
@@ -153,8 +154,6 @@ class SparseCapture:
 
     def __init__(self, sites: list[MlpSite], top_k: int, prompt_len: int):
         if not sites:
-            from .errors import CaptureError
-
             raise CaptureError("capture sites: expected at least one MLP site, got none")
         self.sites = sites
         self.top_k = top_k

@@ -21,6 +21,7 @@ from typing import Callable
 from nex_transforms.errors import expected
 
 from ..records import TraceRecord
+from ..store import ActivationStore
 from .errors import CaptureError, PromptError
 from .prompts import GivenResponse, PromptItem, load_prompts, load_responses
 
@@ -294,8 +295,6 @@ def check_resume(store, parts: list[Part], model_id: str, prompt_format: str,
 
 
 def _default_store_factory(path: str, metadata: dict):
-    from ..store import ActivationStore
-
     return ActivationStore.create(path, metadata=metadata)
 
 

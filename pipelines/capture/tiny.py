@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from .errors import ModelError
+
 WORDS = ("the a an one two three four five six seven eight nine ten plus minus times is "
          "are was were how many much what who when where why answer question so then "
          "apples pears eggs ducks dollars cars trees toys sold bought left gave has have "
@@ -58,8 +60,6 @@ def tiny_config(arch: str, vocab_size: int, n_positions: int = 256):
                                 num_attention_heads=4, num_key_value_heads=2,
                                 num_local_experts=2, max_position_embeddings=n_positions,
                                 **common)
-    from .errors import ModelError
-
     raise ModelError(f"tiny model architecture: expected one of {ARCHITECTURES}, got {arch!r}")
 
 

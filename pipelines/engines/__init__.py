@@ -23,6 +23,7 @@ import importlib
 import time
 from pathlib import Path
 
+from .. import tables
 from .plan import EngineError, ScoreConfig, plan_run
 
 #: Engine names and the adapter module implementing each.
@@ -60,8 +61,6 @@ def run_engine(engine: str, config: ScoreConfig, out: str | Path,
     ``key``, ``secret``). Returns the run summary written to ``out/run.json``. Nothing is visible at ``out`` until every table is complete; on any
     error ``out`` is left as it was.
     """
-    from .. import tables
-
     adapter = load_adapter(engine)
     runner = [a for a in (engine_options or {}).get("pipeline_args") or []
               if a.startswith("--runner")]

@@ -23,6 +23,7 @@ imports an engine library.
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -32,8 +33,10 @@ from nex_transforms import DEFAULT_BATCH_ENTRIES
 from nex_transforms.corpus import clean_masses
 from nex_transforms.params import KEY_SPACE, UNIT_BITS
 
+from .. import tables
 from ..store.reader import WorkUnit, read_unit
-from .plan import GLOBAL_KEY, EngineError
+from . import load_adapter
+from .plan import GLOBAL_KEY, EngineError, ScoreConfig, plan_run
 
 #: Contexts kept per neuron by default, and neurons of each sign per calibration key.
 DEFAULT_PER_NEURON = 20
@@ -257,8 +260,6 @@ def unit_contexts(store, unit: WorkUnit, job: ContextsJob) -> TopContexts:
 
 def contexts_table(value: TopContexts, job: ContextsJob):
     """The ``neuron_contexts`` table (pyarrow) of a merged value."""
-    from .. import tables
-
     return tables.to_table("neuron_contexts", value.columns(job))
 
 
@@ -272,11 +273,6 @@ def run_contexts(engine: str, job: ContextsJob, out_folder, engine_options: dict
     whose fingerprint differs, before any unit is read. Returns a summary (units, traces,
     rows written, engine information, seconds).
     """
-    import time
-
-    from . import load_adapter
-    from .plan import ScoreConfig, plan_run
-
     adapter = load_adapter(engine)
     started = time.perf_counter()
     plan = plan_run(ScoreConfig(store=job.store, batch_entries=job.batch_entries))

@@ -19,7 +19,10 @@ import numpy as np
 
 from nex_transforms import DEFAULT_BATCH_ENTRIES, NexError, NexParams, trace_batches
 
+from ..store import ActivationStore, StoreError
+from ..store.fs import is_url
 from ..store.reader import UNIT_COLUMNS, BatchReadError, WorkUnit
+from ..weights_io import load_weights
 from .weights import SparseWeights
 
 #: Calibration modes: per-model self-calibration, one global weight vector, given weights.
@@ -111,8 +114,6 @@ def hooked_neurons(capture: dict | None) -> int | None:
 @lru_cache(maxsize=4)
 def open_store(path: str):
     """The store at ``path``, opened once per process (read-only)."""
-    from ..store import ActivationStore
-
     return ActivationStore.open(path)
 
 
@@ -152,10 +153,6 @@ def _refuse_duplicate_traces(path: str, table) -> None:
 
 def plan_run(config: ScoreConfig) -> RunPlan:
     """Open the store, read its manifest and split it into work units (manifest order)."""
-    from ..store import StoreError
-
-    from ..store.fs import is_url
-
     if not is_url(config.store):  # object-store URLs are absolute already
         config = dataclasses.replace(config, store=str(Path(config.store).resolve()))
     store = open_store(config.store)
@@ -194,8 +191,6 @@ def plan_run(config: ScoreConfig) -> RunPlan:
     fingerprint, summaries = _fingerprint(store, table)
     fixed = None
     if config.calibration == "weights":
-        from ..weights_io import load_weights
-
         fixed = SparseWeights.from_dense(load_weights(config.weights_file))
     summary = {"path": str(store.path), "traces": table.num_rows, "parts": len(summaries),
                "models": list(models),

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..records import TOKEN_STAT_NAMES, TraceRecord
+from ..store import ActivationStore
 from ..synthetic import SyntheticSpec, synthetic_corpus
 
 
@@ -28,8 +29,6 @@ def synthetic_store(path: str | Path, n_traces: int = 60, models: tuple = ("mode
     ``stats_every``-th trace has no per-token statistics (0: all have them). Each model's
     capture record names ``n_layers`` hooked layers of ``units_per_layer`` units.
     """
-    from ..store import ActivationStore
-
     spec = SyntheticSpec(n_traces=n_traces, min_rows=min_rows, max_rows=max_rows,
                          keys_per_row=keys_per_row, units_per_layer=units_per_layer,
                          n_layers=n_layers,

@@ -23,6 +23,9 @@ import numpy as np
 
 from nex_transforms.diagnostics import median_over
 
+from ..store import ActivationStore
+from ..tables import read_run, read_table
+
 #: Rows a response should have for two or more E->X cycles. From data, not theory: the
 #: published reference response has 4 cycles in 83 rows (about 20 rows a cycle), and
 #: SmolLM2-135M GSM8K responses of 8-32 rows (rows of 8 tokens) had at most one cycle
@@ -197,8 +200,6 @@ def capture_top_k(store_path) -> int | None:
 def _capture(store_path) -> dict:
     """A store's capture metadata ({} where unreadable)."""
     try:
-        from ..store import ActivationStore
-
         capture = ActivationStore.open(store_path).metadata.get("capture") or {}
     except Exception:  # noqa: BLE001 - the advice falls back to inferred values
         return {}
@@ -208,8 +209,6 @@ def _capture(store_path) -> dict:
 def tables_coverage(tables, store_path=None) -> list[dict]:
     """:func:`model_coverage` of a tables folder's responses (the store of its run.json,
     or ``store_path``, gives the capture's row size and token budget)."""
-    from ..tables import read_run, read_table
-
     responses = read_table(tables, "responses")
     wanted = ["model_id", "n_rows", "n_kept_rows", "n_cycles", "n_effective_cycles",
               "n_redundant_cycles", "response_tokens", "gmf", "late_novelty", "pool_coverage"]

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from nex_transforms.errors import expected
 
+from ..store import ActivationStore
 from .grading import EvaluationError, Grader, get_grader, normalize_answer
 
 GRADE_STATUSES = ("graded", "labelled", "no_answer", "no_reference")
@@ -138,8 +139,6 @@ def grade_traces(traces: list[dict], grader: str | Grader = "auto",
 def store_traces(store_path: str | Path) -> list[dict]:
     """``trace_id``, ``prompt_id``, ``text``, ``reference_answer`` and ``finish_reason``
     of every trace of an activation store (from its manifest)."""
-    from ..store import ActivationStore
-
     store = ActivationStore.open(store_path)
     table = store.manifest()
     columns = [c for c in ("trace_id", "prompt_id", "text", "reference_answer", "finish_reason")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .grading import EvaluationError
 from .selectors import ORACLE, RANDOM
 
 
@@ -16,8 +17,6 @@ def _pyplot():
     try:
         import matplotlib
     except ImportError:
-        from .grading import EvaluationError
-
         raise EvaluationError("matplotlib: expected installed for the report's plots "
                               "(pip install 'nex-pipeline[eval]'), got not installed") from None
 

@@ -18,6 +18,8 @@ import re
 import sys
 from pathlib import Path
 
+from ..capture.prompts import load_benchmark
+
 INSTRUCTION = " Work it out step by step, then finish with 'The answer is N'."
 SETS = ("arithmetic", "arithmetic-mixed", "gsm8k")
 
@@ -27,8 +29,6 @@ def prompt_set(name: str, limit: int) -> list[dict]:
     (the set begins with one-operator questions); ``arithmetic-mixed`` = the first ``limit`` arithmetic
     questions with two or more operators (order of operations matters); ``gsm8k`` = the
     first ``limit`` GSM8K test questions. Each with the instruction appended."""
-    from ..capture.prompts import load_benchmark
-
     if name == "arithmetic":
         rows = [{"id": i.prompt_id, "answer": i.reference_answer,
                  "prompt": f"Calculate {i.text.rstrip(' =')}." + INSTRUCTION}

@@ -30,6 +30,8 @@ import numpy as np
 
 from ..engines.contexts import (DEFAULT_NEURONS_PER_SIGN, DEFAULT_PER_NEURON, ContextsJob,
                                 run_contexts)
+from ..evaluation.coverage import tables_coverage
+from ..evaluation.labels import grade_traces, read_labels
 from ..store import ActivationStore
 from ..tables import read_table
 from . import render
@@ -69,8 +71,6 @@ def _grades(inputs: ExploreInputs, trace_ids: list[str], labels) -> dict:
         return {}
     import pyarrow as pa
     import pyarrow.compute as pc
-
-    from ..evaluation.labels import grade_traces
 
     table = ActivationStore.open(inputs.store).manifest()
     table = table.filter(pc.is_in(table["trace_id"],
@@ -195,8 +195,6 @@ def write_site(tables, out, *, store: str | None = None, engine: str = "local",
     neurons = select_neurons(inputs.neurons, neurons_per_sign)
     label_map = None
     if labels is not None:
-        from ..evaluation.labels import read_labels
-
         label_map = read_labels(labels)
     responses = inputs.responses.select(["trace_id", "prompt_id", "model_id"]).to_pydict()
     trace_model = dict(zip(responses["trace_id"], responses["model_id"]))
@@ -301,8 +299,6 @@ def _write_pages(root: Path, inputs: ExploreInputs, models: list, neurons: list,
         path.write_text(render.page(f"{render.neuron_name(n['key'])} of {n['model_id']} · "
                                     "NEX explorer", body))
     # models
-    from ..evaluation.coverage import tables_coverage
-
     coverage = {c["model_id"]: c for c in tables_coverage(inputs.tables, inputs.store)}
     model_rows = {m["model_id"]: m for m in inputs.models}
     gmf_all = inputs.responses.select(["model_id", "gmf"]).to_pydict()
@@ -382,8 +378,6 @@ def show_response(tables, trace_id: str, *, store: str | None = None,
                                      [{"trace_id": trace, "prompt_id": prompt_id}])
     label_map = None
     if labels is not None:
-        from ..evaluation.labels import read_labels
-
         label_map = read_labels(labels)
     grades = _grades(inputs, [trace], label_map)
     detail = response_details(inputs, [trace], detokenizers, prompt_texts, grades)[trace]

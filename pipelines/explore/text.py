@@ -13,6 +13,8 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from nex_transforms import NexError
+
 from .inputs import ExploreError
 
 #: Tokens decoded before a piece so that its first token decodes as it does in context
@@ -161,8 +163,6 @@ def load_prompt_texts(source: str | None, store, traces: list[dict]) -> PromptTe
     except ImportError as err:
         raise ExploreError(f"--prompts {source}: expected the capture libraries installed "
                            f"(pip install 'nex-pipeline[capture]'), got {err}") from None
-    from nex_transforms import NexError
-
     try:
         items = {p.prompt_id: p for p in load_prompts(source)}
     except NexError as err:

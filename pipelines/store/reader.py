@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nex_transforms import Aggregates, NexError, RowCorpus
+from nex_transforms import Aggregates, NexError, RowCorpus, concat_corpora
 from nex_transforms.segments import segment_sums
 
 from ..records import TOKEN_STAT_NAMES
@@ -318,8 +318,6 @@ def units_of(table, whole: bool = False) -> list[WorkUnit]:
 def read_selection(store, table, token_stats: bool = True):
     """``(corpus, token_stats)`` of the traces of a manifest ``table`` (in its order),
     every slice read through :func:`read_unit`; ``token_stats`` is None when not asked."""
-    from nex_transforms import concat_corpora
-
     corpora, stats = [], []
     for unit in units_of(table):
         corpus, unit_stats = read_unit(store, unit)
