@@ -67,6 +67,7 @@ def write_summary(out: str | Path, models: list[str], seconds: dict | None = Non
         lines.append(f"| {row['model']} | {kind} | {_fmt(row['accuracy'])} | {_fmt(row['nex'], 4)} | "
                      f"{row['n_cycles']} ({row['n_effective_cycles']}) | "
                      f"{_fmt(row['e_row_fraction'])} | {_fmt(row['mean_entropy'])} |")
+    lines += _regime_lines(out)
     across = report.get("across_models") or {}
     if across:
         lines += ["", "## Ranking the family: model-level score against accuracy", "",
@@ -105,6 +106,27 @@ def write_summary(out: str | Path, models: list[str], seconds: dict | None = Non
     path = out / "testbed.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _regime_lines(out: Path) -> list[str]:
+    """The regime table of ``testbed.json`` (see ``run.regime_table``), next to the
+    published reference example's values; nothing when the run has not scored yet."""
+    summary = out / "testbed.json"
+    regime = json.loads(summary.read_text()).get("regime") if summary.is_file() else None
+    if not regime:
+        return []
+    lines = ["", "## Regime of the captures", "",
+             "Median over each variant's scored responses; the published reference example "
+             "has 83 rows of 32 tokens, late novelty 0.0554 and pool coverage 1.0 %.", "",
+             "| variant | row size | rows a response | late novelty | pool coverage | "
+             "can carry credit | in regime |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for model, r in regime.items():
+        coverage = None if r["pool_coverage"] is None else 100 * r["pool_coverage"]
+        lines.append(f"| {model} | {r['row_size']} | {_fmt(r['median_rows'], 1)} | "
+                     f"{_fmt(r['late_novelty'])} | {_fmt(coverage, 1)} % | "
+                     f"{r['n_can_carry_credit']} of {r['n_responses']} | "
+                     f"{'yes' if r['in_regime'] else 'no'} |")
+    return lines
 
 
 def _plot(out: Path, rows: list[dict]) -> Path | None:

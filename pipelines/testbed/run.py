@@ -14,10 +14,12 @@
     DIR/annotations.json           agreement of the shipped E/X annotations with the HMM
                                    labels (the annotated solutions teacher-forced into the
                                    donor checkpoint)
-    DIR/testbed.json               what ran, with times per stage and the family table
+    DIR/testbed.json               what ran, with times per stage, the family table and
+                                   each variant's regime (rows, late novelty, pool coverage)
 
-Every stage goes through the same code as its CLI command (``nex capture``, ``nex
-score``, ``nex eval`` are called through :func:`pipelines.cli.main`), and every stage
+Every stage calls the function its CLI command calls (``nex capture``: ``run_capture``;
+``nex score``: ``run_engine`` on the local engine; ``nex eval``: ``run_eval``; ``nex
+transfer``: ``run_transfer``; ``nex annotate agree``: ``agreement``), and every stage
 is resumable: finished checkpoints, merges and store parts are kept on a rerun.
 """
 
@@ -27,8 +29,16 @@ import json
 import time
 from pathlib import Path
 
+from ..capture import CaptureConfig, run_capture
+from ..capture.prompts import load_prompt_file
+from ..engines import run_engine
+from ..engines.plan import ScoreConfig
+from ..evaluation import run_eval
+from ..evaluation.coverage import tables_coverage
 from ..tables import read_table
+from .annotations import agreement, load_annotations
 from .presets import Preset
+from .transfer import run_transfer
 from .train import checkpoint_name, heldout_problems, train, training_problems, write_prompts
 
 STAGES = ("train", "merge", "capture", "score", "eval", "transfer", "annotate")
@@ -90,12 +100,24 @@ def variants_of(out: Path, preset: Preset) -> dict[str, Path]:
     return models
 
 
-def _cli(argv: list[str]) -> None:
-    from ..cli import main
+def _capture(folder: Path, model_id: str, prompts: Path, store: Path, preset: Preset,
+             **given) -> None:
+    """One variant's capture (the same call as ``nex capture``; ``given`` adds the sampling
+    options or the teacher-forced ``responses``)."""
+    run_capture(CaptureConfig(
+        model=str(folder), model_id=model_id, prompts=str(prompts), out=str(store),
+        row_size=preset.row_size, top_k_neurons=preset.top_k_neurons,
+        batch_size=preset.capture_batch_size, progress=False, **given))
 
-    status = main(argv)
-    if status != 0:
-        raise RuntimeError(f"nex {' '.join(argv[:1])} failed with exit status {status}")
+
+def _score(store: Path, tables: Path, log) -> None:
+    """``nex score STORE --out TABLES --phases`` on the local engine; the coverage and
+    regime warnings go to ``log`` as the command prints them."""
+    run_engine("local", ScoreConfig(store=str(store), phases=True), tables)
+    for entry in tables_coverage(tables, store):
+        for warning in (entry["warning"], entry["regime_warning"]):
+            if warning:
+                log(f"nex: warning: {warning}")
 
 
 def run_testbed(preset: Preset, out: str | Path, *, threads: int | None = None,
@@ -143,23 +165,19 @@ def run_testbed(preset: Preset, out: str | Path, *, threads: int | None = None,
     if "capture" in stages:
         t0 = stage("capture")
         for model_id, folder in models.items():
-            _cli(["capture", "--model", str(folder), "--model-id", model_id,
-                  "--prompts", str(out / "heldout.jsonl"), "--out", str(out / "stores" / model_id),
-                  "--samples", str(preset.samples), "--max-new-tokens", str(preset.max_new_tokens),
-                  "--temperature", str(preset.temperature), "--top-p", "1.0",
-                  "--row-size", str(preset.row_size), "--top-k-neurons", str(preset.top_k_neurons),
-                  "--batch-size", str(preset.capture_batch_size), "--seed", "0", "--no-progress"])
+            _capture(folder, model_id, out / "heldout.jsonl", out / "stores" / model_id, preset,
+                     samples=preset.samples, max_new_tokens=preset.max_new_tokens,
+                     temperature=preset.temperature, top_p=1.0, seed=0)
         timings["capture"] = time.perf_counter() - t0
     if "score" in stages:
         t0 = stage("score")
         for model_id in models:
-            _cli(["score", str(out / "stores" / model_id), "--out",
-                  str(out / "tables" / model_id), "--phases"])
+            _score(out / "stores" / model_id, out / "tables" / model_id, log)
         timings["score"] = time.perf_counter() - t0
     if "eval" in stages:
         t0 = stage("eval")
-        _cli(["eval", *(str(out / "tables" / m) for m in models), "--report", str(out / "report"), "--grader", "hash",
-              "--bootstrap", str(bootstrap)])
+        run_eval([str(out / "tables" / m) for m in models], report_dir=str(out / "report"),
+                 grader="hash", n_boot=bootstrap)
         timings["eval"] = time.perf_counter() - t0
     if "transfer" in stages:
         t0 = stage("transfer")
@@ -168,12 +186,12 @@ def run_testbed(preset: Preset, out: str | Path, *, threads: int | None = None,
         positive = sum(1 for w in neurons["weight"] if w > 0)
         negative = sum(1 for w in neurons["weight"] if w < 0)
         if positive and negative:
-            _cli(["transfer", "--donor", str(models[donor]), "--recipient",
-                  str(models[recipient]), "--tables", str(out / "tables" / donor),
-                  "--donor-model-id", donor, "--prompts", str(out / "transfer-prompts.jsonl"),
-                  "--out", str(out / "transfer"), "--k", str(preset.transfer_size),
-                  "--draws", str(preset.transfer_seed_draws),
-                  "--max-new-tokens", str(preset.max_new_tokens), "--bootstrap", str(bootstrap)])
+            items = load_prompt_file(out / "transfer-prompts.jsonl")
+            run_transfer(models[donor], models[recipient], str(out / "tables" / donor),
+                         [i.text for i in items], [i.reference_answer for i in items],
+                         out / "transfer", donor_model_id=donor, k=preset.transfer_size,
+                         draws=preset.transfer_seed_draws,
+                         max_new_tokens=preset.max_new_tokens, n_boot=bootstrap, log=log)
             summary.pop("transfer_skipped", None)
         else:  # nothing to transfer: say so instead of failing the whole run
             summary["transfer_skipped"] = (
@@ -185,18 +203,20 @@ def run_testbed(preset: Preset, out: str | Path, *, threads: int | None = None,
         t0 = stage("annotate")
         donor, _ = transfer_roles(preset)
         annotated = f"annotated-{donor}"
-        _cli(["capture", "--model", str(models[donor]), "--model-id", annotated,
-              "--prompts", str(DATA / "annotated-prompts.jsonl"),
-              "--responses", str(DATA / "annotations.jsonl"), "--out", str(out / "stores" / annotated),
-              "--row-size", str(preset.row_size), "--top-k-neurons", str(preset.top_k_neurons),
-              "--batch-size", str(preset.capture_batch_size), "--no-progress"])
-        _cli(["score", str(out / "stores" / annotated), "--out", str(out / "tables" / annotated),
-              "--phases"])
-        _cli(["annotate", "agree", str(DATA / "annotations.jsonl"), "--tables",
-              str(out / "tables" / annotated), "--out", str(out / "annotations.json")])
+        _capture(models[donor], annotated, DATA / "annotated-prompts.jsonl",
+                 out / "stores" / annotated, preset,
+                 responses=str(DATA / "annotations.jsonl"))
+        tables = out / "tables" / annotated
+        _score(out / "stores" / annotated, tables, log)
+        result = agreement(load_annotations(DATA / "annotations.jsonl"),
+                           read_table(str(tables), "phases"),
+                           read_table(str(tables), "responses"), preset.row_size)
+        (out / "annotations.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
         timings["annotate"] = time.perf_counter() - t0
     summary["models"] = {name: str(path.relative_to(out)) for name, path in models.items()}
     summary["family"] = family_table(out)
+    if all((out / "tables" / m / "responses.parquet").is_file() for m in models):
+        summary["regime"] = regime_table(out, list(models))
     summary_path.write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
     if (out / "report" / "report.json").is_file() and \
             all((out / "tables" / m / "run.json").is_file() for m in models):
@@ -204,6 +224,33 @@ def run_testbed(preset: Preset, out: str | Path, *, threads: int | None = None,
 
         write_summary(out, list(models), timings)
     return summary
+
+
+#: What issue 16 asks of a testbed in the method's regime (the published reference example
+#: has 83 rows, late novelty 0.0554 and pool coverage 1.0 %): each model's median response
+#: with at least this many rows, late novelty at least this, pool coverage at most this.
+REGIME_TARGETS = {"min_rows": 48, "min_late_novelty": 0.03, "max_pool_coverage": 0.10}
+
+
+def regime_table(out: Path, models: list[str]) -> dict:
+    """Per variant, the capture's regime as ``nex eval`` reports it (median rows a response,
+    median late novelty and pool coverage over scored responses, responses able to carry
+    credit) and whether it meets :data:`REGIME_TARGETS`."""
+    table = {}
+    for model in models:
+        entry = tables_coverage(out / "tables" / model, out / "stores" / model)[0]
+        late, coverage = entry["late_novelty"], entry["pool_coverage"]
+        table[model] = {
+            "row_size": entry["row_size"], "median_rows": entry["median_rows"],
+            "late_novelty": late, "pool_coverage": coverage,
+            "n_can_carry_credit": entry["n_can_carry_credit"],
+            "n_responses": entry["n_responses"],
+            "in_regime": bool(entry["median_rows"] >= REGIME_TARGETS["min_rows"]
+                              and late is not None
+                              and late >= REGIME_TARGETS["min_late_novelty"]
+                              and coverage is not None
+                              and coverage <= REGIME_TARGETS["max_pool_coverage"])}
+    return table
 
 
 def family_table(out: Path) -> list[dict]:

@@ -160,3 +160,28 @@ def test_annotation_agreement_recomputed(run):
     if len(set(gold) | set(hmm)) > 1:
         assert result["kappa"] == pytest.approx(cohen_kappa_score(gold, hmm))
     assert result["row_agreement"] == pytest.approx(np.mean(np.array(gold) == np.array(hmm)))
+
+
+def test_regime_of_each_variant_recorded(run):
+    """testbed.json and testbed.md give each variant's capture regime, recomputed here from
+    its responses table (medians over scored responses; pool = layers x MLP width)."""
+    from pipelines.testbed.run import REGIME_TARGETS
+
+    summary = json.loads((run / "testbed.json").read_text())
+    text = (run / "testbed.md").read_text()
+    assert set(summary["regime"]) == set(_models(run))
+    for model, entry in summary["regime"].items():
+        r = read_table(str(run / "tables" / model), "responses").to_pydict()
+        scored = np.isfinite(np.array(r["gmf"], dtype=float))
+        late = np.array([np.nan if v is None else v for v in r["late_novelty"]], float)[scored]
+        cover = np.array(r["pool_coverage"], dtype=float)[scored]
+        assert entry["median_rows"] == pytest.approx(float(np.median(r["n_rows"])))
+        assert entry["late_novelty"] == pytest.approx(float(np.median(late[np.isfinite(late)])))
+        assert entry["pool_coverage"] == pytest.approx(float(np.median(cover)))
+        assert 0 < entry["pool_coverage"] <= 1
+        assert entry["in_regime"] == (entry["median_rows"] >= REGIME_TARGETS["min_rows"]
+                                      and entry["late_novelty"] >= REGIME_TARGETS["min_late_novelty"]
+                                      and entry["pool_coverage"] <= REGIME_TARGETS["max_pool_coverage"])
+        line = next(l for l in text.splitlines() if l.startswith(f"| {model} | {entry['row_size']} |"))
+        assert f"| {entry['late_novelty']:.3f} |" in line
+        assert f"| {100 * entry['pool_coverage']:.1f} % |" in line
