@@ -35,7 +35,14 @@ import numpy as np
 from nex_transforms import NexParams, accumulate, learn_weights, score_corpus
 
 from .crashsafe import atomic_write_json
+from .engines import run_engine
+from .engines.plan import ScoreConfig
+from .evaluation import run_eval
+from .evaluation.coverage import tables_coverage
+from .explore import write_site
 from .rows_cache import read_rows_cache
+from .store import ActivationStore
+from .store.verify import verify_store
 from .synthetic import SyntheticSpec, synthetic_corpus
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / \
@@ -43,23 +50,34 @@ REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" /
 ENGINES = ("local", "beam", "dask")
 
 
-def _nex(argv: list[str]) -> None:
-    from .cli import main
-    status = main(argv)
-    if status != 0:
-        raise SystemExit(f"demo: `nex {' '.join(argv)}` failed with exit status {status}")
+def _warn(tables: Path, store: Path) -> None:
+    """The coverage and regime warnings ``nex score`` prints after scoring."""
+    for entry in tables_coverage(tables, store):
+        for warning in (entry["warning"], entry["regime_warning"]):
+            if warning:
+                print(f"nex: warning: {warning}", file=sys.stderr)
 
 
 def capture_stage(out: Path, args: argparse.Namespace) -> Path:
+    """Capture the shipped model's answers (``nex capture``), then check every invariant
+    of the store (``nex store verify``)."""
+    from .capture import CaptureConfig, run_capture, summary_dict
+
     store = out / "store"
-    argv = ["capture", "--model", args.model, "--prompts", args.prompts,
-            "--limit", str(args.limit), "--samples", str(args.samples),
-            "--max-new-tokens", str(args.max_new_tokens), "--seed", str(args.seed),
-            "--batch-size", str(args.batch_size), "--row-size", str(args.row_size),
-            "--out", str(store)]
-    print(f"$ nex {' '.join(argv)}")
-    _nex(argv)
-    _nex(["store", "verify", str(store)])
+    print(f"$ nex capture --model {args.model} --prompts {args.prompts} --limit {args.limit} "
+          f"--samples {args.samples} --max-new-tokens {args.max_new_tokens} --seed {args.seed} "
+          f"--batch-size {args.batch_size} --row-size {args.row_size} --out {store}")
+    summary = summary_dict(run_capture(CaptureConfig(
+        model=args.model, prompts=args.prompts, out=str(store), limit=args.limit,
+        samples=args.samples, max_new_tokens=args.max_new_tokens, seed=args.seed,
+        batch_size=args.batch_size, row_size=args.row_size)))
+    print(f"capture: {summary['traces_written']} traces, {summary['tokens_written']} tokens, "
+          f"{summary['tokens_per_second']:.1f} tok/s")
+    report = verify_store(ActivationStore.open(str(store)))
+    if not report.ok:
+        raise SystemExit(f"demo: store {store} fails verification: {report.problems[0]}")
+    print(f"store verified: {report.parts} parts, {report.traces} traces, {report.rows} rows, "
+          f"{report.entries} entries")
     return store
 
 
@@ -70,7 +88,7 @@ def score_stage(store: Path, out: Path, engines: list[str]) -> dict:
     for engine in engines:
         folder = out / f"tables-{engine}"
         start = time.perf_counter()
-        _nex(["score", str(store), "--engine", engine, "--out", str(folder)])
+        run_engine(engine, ScoreConfig(store=str(store)), folder)
         tables[engine] = {
             "seconds": time.perf_counter() - start,
             "models": pq.read_table(folder / "models.parquet").to_pylist(),
@@ -133,11 +151,11 @@ def flows_stage(out: Path, args: argparse.Namespace) -> dict:
 def eval_stage(store: Path, out: Path) -> dict:
     """Score with --phases and write the evaluation report of this run's own capture."""
     tables = out / "tables-phases"
-    _nex(["score", str(store), "--out", str(tables), "--phases"])
+    run_engine("local", ScoreConfig(store=str(store), phases=True), tables)
+    _warn(tables, store)
     report = out / "eval-report"
-    argv = ["eval", str(tables), "--report", str(report)]
-    print(f"$ nex {' '.join(argv)}")
-    _nex(argv)
+    print(f"$ nex eval {tables} --report {report}")
+    run_eval([str(tables)], report_dir=str(report))
     result = json.loads((report / "report.json").read_text())
     return {"report_dir": str(report), "html": str(report / "report.html"),
             "accuracy": {m: e["accuracy"] for m, e in result["models"].items()},
@@ -148,9 +166,10 @@ def eval_stage(store: Path, out: Path) -> dict:
 def explore_stage(out: Path, args: argparse.Namespace) -> dict:
     """The explorer site of this run's own capture (``nex explore``, after eval_stage)."""
     site = out / "explore"
-    argv = ["explore", str(out / "tables-phases"), "--out", str(site), "--prompts", args.prompts]
-    print(f"$ nex {' '.join(argv)}")
-    _nex(argv)
+    print(f"$ nex explore {out / 'tables-phases'} --out {site} --prompts {args.prompts}")
+    summary = write_site(str(out / "tables-phases"), str(site), prompts=args.prompts)
+    for note in summary["notes"]:
+        print(f"nex: warning: {note}", file=sys.stderr)
     return {"site": str(site), "index": str(site / "index.html")}
 
 
