@@ -29,13 +29,13 @@ def add_cache_argument(parser) -> None:
 
 
 def cached_store(cache: str | Path, name: str, n_traces: int, seed: int, **spec) -> Path:
-    """A synthetic store (``pipelines.engines.synthetic.synthetic_store`` with ``spec``),
+    """A synthetic store (``pipelines.testing.stores.synthetic_store`` with ``spec``),
     built once per (name, store schema, traces, seed) into ``cache``.
 
     It is built in a temporary sibling and renamed into place, so a folder under its final
     name is always complete; a build killed half-way leaves only a ``.building-*`` folder.
     """
-    from pipelines.engines.synthetic import synthetic_store
+    from pipelines.testing.stores import synthetic_store
     from pipelines.store import SCHEMA_VERSION
 
     cache = Path(cache)

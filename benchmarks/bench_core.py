@@ -61,7 +61,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from nex_transforms import analyse, learn_weights, score_corpus  # noqa: E402
-from pipelines.synthetic import SyntheticSpec, synthetic_corpus  # noqa: E402
+from pipelines.testing.corpora import SyntheticSpec, synthetic_corpus  # noqa: E402
 from tests.reference import straightforward  # noqa: E402
 
 

@@ -43,7 +43,7 @@ from .explore import write_site
 from .rows_cache import read_rows_cache
 from .store import ActivationStore
 from .store.verify import verify_store
-from .synthetic import SyntheticSpec, synthetic_corpus
+from .testing.corpora import SyntheticSpec, synthetic_corpus
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / \
     "nex-reference-example"

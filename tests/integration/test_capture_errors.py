@@ -10,7 +10,7 @@ import pytest
 
 from nex_transforms import NexError
 from pipelines.capture.errors import ModelError
-from pipelines.capture.tiny import build_tiny_model, tiny_config
+from pipelines.testing.models import build_tiny_model, tiny_config
 from pipelines.cli import main
 
 

@@ -19,7 +19,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("zarr")
 
 from pipelines.capture import CaptureConfig, run_capture  # noqa: E402
-from pipelines.capture.tiny import build_tiny_model  # noqa: E402
+from pipelines.testing.models import build_tiny_model  # noqa: E402
 from pipelines.cli import main  # noqa: E402
 from pipelines.records import TOKEN_STAT_NAMES  # noqa: E402
 from pipelines.store import SCHEMA_VERSION, ActivationStore  # noqa: E402

@@ -24,7 +24,7 @@ import pytest
 from nex_transforms import analyse, learn_weights, score_corpus
 from pipelines import tables
 from pipelines.cli import main
-from pipelines.engines.synthetic import synthetic_store
+from pipelines.testing.stores import synthetic_store
 from pipelines.store import ActivationStore
 
 pytestmark = pytest.mark.timeout(300)

@@ -31,7 +31,7 @@ need("sklearn")
 from scipy import stats  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
-from pipelines.capture.tiny import WORDS, build_tiny_model  # noqa: E402
+from pipelines.testing.models import WORDS, build_tiny_model  # noqa: E402
 from pipelines.cli import main  # noqa: E402
 from pipelines.evaluation import run_eval  # noqa: E402
 from pipelines.tables import read_table  # noqa: E402

@@ -15,7 +15,7 @@ from urllib.parse import unquote, urldefrag, urljoin, urlparse
 import numpy as np
 import pytest
 
-from pipelines.capture.tiny import WORDS, build_tiny_model
+from pipelines.testing.models import WORDS, build_tiny_model
 from pipelines.cli import main
 from pipelines.explore import ExploreError, show_response
 from pipelines.explore.inputs import select_neurons

@@ -18,7 +18,7 @@ from nex_transforms.params import UNIT_BITS
 from pipelines import tables
 from pipelines.cli import main
 from pipelines.engines.contexts import ContextsJob, TopContexts, run_contexts
-from pipelines.engines.synthetic import synthetic_store
+from pipelines.testing.stores import synthetic_store
 from pipelines.explore.inputs import select_neurons
 from pipelines.records import TraceRecord
 from pipelines.store import ActivationStore

@@ -30,7 +30,7 @@ if os.environ.get("CI", "").lower() != "true":
     pytest.importorskip("mlflow")
     pytest.importorskip("torch")
 
-from pipelines.capture.tiny import build_tiny_model  # noqa: E402
+from pipelines.testing.models import build_tiny_model  # noqa: E402
 from tests.servers import (BIN, deliver_prefect_backlog, deploy_infra,  # noqa: E402
                            free_port, start_mlflow, start_prefect, stop_group, wait_http)
 

@@ -53,7 +53,7 @@ if os.environ.get("CI", "").lower() != "true":
     pytest.importorskip("mlflow")
     pytest.importorskip("flask_wtf")
 
-from pipelines.capture.tiny import build_tiny_model  # noqa: E402
+from pipelines.testing.models import build_tiny_model  # noqa: E402
 from pipelines.catalog import published_metrics, published_tags  # noqa: E402
 from pipelines.crashsafe import FAULT_ENV  # noqa: E402
 from tests.servers import (BIN, REPO, deliver_prefect_backlog, deploy_infra,  # noqa: E402

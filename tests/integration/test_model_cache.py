@@ -69,7 +69,7 @@ def _save_in_child(source: str, target: str, queue) -> None:
 
 
 def test_two_processes_writing_one_entry_leave_one_complete_copy(tmp_path):
-    from pipelines.capture.tiny import build_tiny_model
+    from pipelines.testing.models import build_tiny_model
 
     source = tmp_path / "tiny"
     build_tiny_model(source, "llama")

@@ -13,7 +13,7 @@ from nex_transforms import analyse
 from nex_transforms.diagnostics import distinct_neurons, late_novelty, median_over
 from pipelines import tables
 from pipelines.cli import main
-from pipelines.engines.synthetic import synthetic_store
+from pipelines.testing.stores import synthetic_store
 from pipelines.store import ActivationStore
 
 pytestmark = pytest.mark.timeout(180)

@@ -12,7 +12,7 @@ import pytest
 
 from pipelines import tables
 from pipelines.cli import main
-from pipelines.engines.synthetic import synthetic_store
+from pipelines.testing.stores import synthetic_store
 from pipelines.store import ActivationStore
 
 pytestmark = pytest.mark.timeout(300)

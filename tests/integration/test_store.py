@@ -17,7 +17,7 @@ from pipelines.cli import main
 from pipelines.records import TOKEN_STAT_NAMES, TraceRecord
 from pipelines.store import SCHEMA_VERSION, ActivationStore, StoreError
 from pipelines.store.encode import quantize_token_stat
-from pipelines.store.synthetic import synthetic_records
+from pipelines.testing.traces import synthetic_records
 from pipelines.store.verify import verify_store
 
 from tests.store_edit import edit_logical

@@ -13,7 +13,7 @@ import pytest
 
 from pipelines.store import ActivationStore
 from pipelines.crashsafe import FAULT_ENV
-from pipelines.store.synthetic import synthetic_records
+from pipelines.testing.traces import synthetic_records
 from pipelines.store.verify import verify_store
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,7 +23,7 @@ WORKER = """
 import sys, time
 from pathlib import Path
 from pipelines.store import ActivationStore
-from pipelines.store.synthetic import synthetic_records
+from pipelines.testing.traces import synthetic_records
 
 go, part, seed = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 stores = [Path(p) for p in sys.argv[4:]]

@@ -18,7 +18,7 @@ for _module in ("torch", "transformers", "zarr"):  # required under CI, skipped 
     else:
         pytest.importorskip(_module)
 
-from pipelines.capture.tiny import build_tiny_model  # noqa: E402
+from pipelines.testing.models import build_tiny_model  # noqa: E402
 from pipelines.cli import main  # noqa: E402
 from pipelines.store import ActivationStore, StoreError  # noqa: E402
 from pipelines.store.store import model_dir_name  # noqa: E402

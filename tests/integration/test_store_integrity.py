@@ -14,7 +14,7 @@ import zarr
 
 from pipelines.cli import main
 from pipelines.store import ActivationStore, StoreError, schema
-from pipelines.store.synthetic import synthetic_records
+from pipelines.testing.traces import synthetic_records
 
 pytestmark = pytest.mark.timeout(300)
 

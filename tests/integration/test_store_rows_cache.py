@@ -12,7 +12,7 @@ from nex_transforms import learn_weights, score_corpus
 from pipelines.cli import main
 from pipelines.rows_cache import read_rows_cache, write_rows_cache
 from pipelines.store import ActivationStore, StoreError
-from pipelines.store.synthetic import synthetic_records
+from pipelines.testing.traces import synthetic_records
 from pipelines.store.verify import verify_store
 
 

@@ -25,7 +25,7 @@ pytest.importorskip("moto")
 from pipelines import tables  # noqa: E402
 from pipelines.cli import main  # noqa: E402
 from pipelines.store import ActivationStore  # noqa: E402
-from pipelines.store.synthetic import synthetic_records  # noqa: E402
+from pipelines.testing.traces import synthetic_records  # noqa: E402
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -174,7 +174,7 @@ def test_a_deleted_or_corrupt_shard_on_s3_is_named_and_no_table_written(s3, tmp_
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
     pytest.importorskip("torch")
-    from pipelines.capture.tiny import build_tiny_model
+    from pipelines.testing.models import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("models") / "llama", "llama", seed=4)
 

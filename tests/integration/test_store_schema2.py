@@ -13,7 +13,7 @@ import pytest
 from pipelines.cli import main
 from pipelines.store import SCHEMA_VERSION, ActivationStore
 from pipelines.store.schema import PART_ARRAYS
-from pipelines.store.synthetic import synthetic_records
+from pipelines.testing.traces import synthetic_records
 from pipelines.store.verify import verify_store
 
 CAPTURE = {"model_id": "synthetic-model", "top_k": 8}

@@ -21,7 +21,7 @@ from pipelines.store import ActivationStore  # noqa: E402
 from pipelines.store.encode import quantize_token_stat  # noqa: E402
 from pipelines.store.schema import (DEFAULT_STORAGE, TOKEN_STAT_LIMIT,  # noqa: E402
                                     TOKEN_STAT_STEP)
-from pipelines.store.synthetic import synthetic_records  # noqa: E402
+from pipelines.testing.traces import synthetic_records  # noqa: E402
 
 
 def _realistic_stats(rng: np.random.Generator, n: int) -> dict:

@@ -18,7 +18,7 @@ from pipelines.rows_cache import read_rows_cache
 from pipelines.store import ActivationStore
 from pipelines.crashsafe import FAULT_ENV, LEASE_FILE, Lease, lease_live
 from pipelines.store.rows_cache_io import export_rows_cache
-from pipelines.store.synthetic import synthetic_records
+from pipelines.testing.traces import synthetic_records
 from pipelines.store.verify import verify_store
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,7 +28,7 @@ WRITER = """
 import sys
 from pathlib import Path
 from pipelines.store import ActivationStore
-from pipelines.store.synthetic import synthetic_records
+from pipelines.testing.traces import synthetic_records
 
 store, part, seed = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 records = synthetic_records(3, seed=seed, prefix=part, n_tokens=48)

@@ -22,7 +22,7 @@ for _module in ("torch", "transformers", "zarr", "prefect", "huggingface_hub"):
 import pyarrow.parquet as pq  # noqa: E402
 
 from flows import tasks  # noqa: E402
-from pipelines.capture.tiny import build_tiny_model  # noqa: E402
+from pipelines.testing.models import build_tiny_model  # noqa: E402
 from pipelines.cli import main  # noqa: E402
 from pipelines.workspace import (Checkpoint, Workspace, content_hash,  # noqa: E402
                                  load_calibration_set)

@@ -11,7 +11,7 @@ import pytest
 from scipy.stats import spearmanr
 
 from nex_transforms import analyse, learn_weights, score_corpus
-from pipelines.synthetic import SyntheticSpec, synthetic_corpus
+from pipelines.testing.corpora import SyntheticSpec, synthetic_corpus
 from tests.reference import straightforward
 
 

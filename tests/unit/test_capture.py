@@ -18,7 +18,7 @@ from pipelines.capture.job import CaptureConfig, parse_shard, plan_parts  # noqa
 from pipelines.capture.models import (load_model, mlp_sites, parse_layers,  # noqa: E402
                                       resolve_model)
 from pipelines.capture.prompts import PromptItem  # noqa: E402
-from pipelines.capture.tiny import build_tiny_model  # noqa: E402
+from pipelines.testing.models import build_tiny_model  # noqa: E402
 
 ARCHS = ["llama", "qwen2", "gpt2", "gpt_neox"]
 PROMPTS = ["how many apples are left ?", "two plus three is", "she sold ten eggs and bought "

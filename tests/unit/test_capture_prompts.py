@@ -102,7 +102,7 @@ def test_chat_template_is_applied(tmp_path):
 
     from pipelines.capture.job import Tokenized
     from pipelines.capture.prompts import PromptItem
-    from pipelines.capture.tiny import build_tiny_model
+    from pipelines.testing.models import build_tiny_model
 
     template = ("{% for m in messages %}question {{ m['content'] }} answer{% endfor %}")
     path = build_tiny_model(tmp_path / "chat", "gpt2", chat_template=template)

@@ -14,7 +14,7 @@ from nex_transforms import (Aggregates, CorpusError, CreditAccumulator, NexParam
 from nex_transforms.corpus import rows_sorted_unique
 from nex_transforms.novelty import (PER_TRACE_ENTRIES, _first_rows_grouped,
                                     _first_rows_per_trace, first_rows)
-from pipelines.synthetic import SyntheticSpec, synthetic_corpus
+from pipelines.testing.corpora import SyntheticSpec, synthetic_corpus
 
 
 def small_corpus(seed, n_traces=4, max_rows=7, key_pool=30, dupes=False, bad=False):

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from nex_transforms import RowCorpus, analyse
 from pipelines import tables
-from pipelines.synthetic import SyntheticSpec, synthetic_corpus
+from pipelines.testing.corpora import SyntheticSpec, synthetic_corpus
 from pipelines.evaluation.evaluate import phase_examples
 from pipelines.evaluation.plots import cycle_spans, example_cycles
 from pipelines.rows_cache import read_rows_cache

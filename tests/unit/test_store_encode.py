@@ -10,7 +10,7 @@ from pipelines.store import StoreError, aggregate_extras
 from pipelines.store.encode import decode_records, encode_part, to_storage
 from pipelines.store.schema import (CHUNK_ELEMENTS, CHUNKS_PER_SHARD, DEFAULT_STORAGE,
                                     check_part_name, check_storage, chunking)
-from pipelines.store.synthetic import synthetic_records
+from pipelines.testing.traces import synthetic_records
 
 
 def test_to_storage_clips_and_counts_float16_saturation():

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import ModelError
+from ..capture.errors import ModelError
 
 WORDS = ("the a an one two three four five six seven eight nine ten plus minus times is "
          "are was were how many much what who when where why answer question so then "

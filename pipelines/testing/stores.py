@@ -1,6 +1,6 @@
 """Synthetic multi-model activation stores for engine tests and benchmarks.
 
-Traces come from :func:`pipelines.synthetic.synthetic_corpus` (explore bursts and exploit
+Traces come from :func:`pipelines.testing.corpora.synthetic_corpus` (explore bursts and exploit
 stretches, so learned weights and GMFs carry structure), spread over several model ids
 and written as store parts with per-token statistics (left out for some traces, so the
 baselines are NaN there).
@@ -14,7 +14,7 @@ import numpy as np
 
 from ..records import TOKEN_STAT_NAMES, TraceRecord
 from ..store import ActivationStore
-from ..synthetic import SyntheticSpec, synthetic_corpus
+from .corpora import SyntheticSpec, synthetic_corpus
 
 
 def synthetic_store(path: str | Path, n_traces: int = 60, models: tuple = ("model-a", "model-b"),
