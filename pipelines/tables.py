@@ -38,6 +38,8 @@ from nex_transforms import NexError, log_gap
 from nex_transforms.baselines import BASELINES
 from nex_transforms.params import KEY_SPACE, UNIT_BITS
 
+from .store.fs import is_url
+
 #: Version of the table layout below (recorded in run.json and Parquet metadata).
 #: 2: the phases table gained ``cycle`` and ``credited``; 3: the regime diagnostics
 #: (responses: ``late_novelty``, ``distinct_neurons``, ``pool_coverage``; models:
@@ -222,13 +224,6 @@ class TableWriter:
 
 def table_path(tables: str | os.PathLike, name: str) -> Path:
     return Path(tables) / f"{name}.parquet"
-
-
-def is_url(location) -> bool:
-    """Whether ``location`` is an fsspec URL (``s3://bucket/prefix``, ``gs://...``) rather
-    than a local path."""
-    return isinstance(location, str) and "://" in location and \
-        not location.startswith("file://")
 
 
 def _remote(url: str, storage_options: dict | None):

@@ -19,6 +19,7 @@ from nex_transforms import NexError, NexParams
 
 from ..engines.plan import GLOBAL_KEY, EngineError, ScoreConfig, plan_run
 from ..store import StoreError
+from ..store.fs import is_url
 from ..tables import TablesError, read_run, read_table, schema, table_path
 
 #: Default choice of responses with a page, per model.
@@ -68,7 +69,7 @@ class ExploreInputs:
         import pyarrow.dataset as ds
 
         wanted = pa.array(sorted(set(map(str, trace_ids))), pa.string())
-        if tables_is_url(self.tables):
+        if is_url(self.tables):
             table = read_table(self.tables, "phases")
             table = table.filter(pc.is_in(table["trace_id"], value_set=wanted))
         else:
@@ -93,7 +94,7 @@ def open_inputs(tables: str | Path, store: str | None = None) -> ExploreInputs:
         raise ExploreError(f"tables folder {tables}: expected a `nex score` output folder with "
                            f"run.json, got {err}") from None
     present = run.get("tables") or []
-    if "phases" not in present or not (tables_is_url(tables)
+    if "phases" not in present or not (is_url(tables)
                                        or table_path(tables, "phases").exists()):
         raise ExploreError(f"tables folder {tables}: expected a phases table (score with "
                            "`nex score --phases`), got none")
@@ -122,10 +123,6 @@ def open_inputs(tables: str | Path, store: str | None = None) -> ExploreInputs:
                          neurons=neurons, store=plan.config.store, fingerprint=plan.fingerprint,
                          params=NexParams.from_dict(run.get("params") or {}),
                          per_model=run.get("calibration", "per-model") == "per-model")
-
-
-def tables_is_url(tables: str) -> bool:
-    return "://" in tables and not tables.startswith("file://")
 
 
 # --------------------------------------------------------------------------- neurons
