@@ -340,6 +340,12 @@ def format_table(result: dict) -> str:
     return "\n".join(out)
 
 
+def _write_json(path: Path, value: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
 def write_outputs(out: Path, result: dict, table: str, notes: list[str]) -> None:
     config = result["config"]
     head = (f"# Validation at scale: {config['model']}, first {config['n']} of "
@@ -385,7 +391,21 @@ def run(args: argparse.Namespace) -> dict:
         notes.append(note)
         print(f"note: {note}", file=sys.stderr)
 
-    generate = plain_generate(model, tokenizer, prompt_rows, args)
+    generate_key = {k: getattr(args, k) for k in
+                    ("model", "n", "prompt_sets", "samples", "max_new_tokens", "temperature",
+                     "top_p", "seed", "device", "dtype", "batch", "generate_sequences")}
+    throughput_file = out / "throughput.json"
+    throughput = json.loads(throughput_file.read_text()) if throughput_file.is_file() else {}
+    if throughput.get("generate_key") != generate_key:
+        throughput = {"generate_key": generate_key}
+    if throughput.get("generate") is not None:
+        generate = throughput["generate"]
+        print("note: plain generate: reusing the measurement of an earlier run into this --out",
+              file=sys.stderr)
+    else:
+        generate = plain_generate(model, tokenizer, prompt_rows, args)
+        throughput["generate"] = generate
+        _write_json(throughput_file, throughput)
     timings = {"load_s": load_s, "generate_s": generate["seconds"] if generate else 0.0}
     sampled_ids: dict[str, list[int]] = {}
     responses_file = out / "responses.jsonl"
@@ -407,10 +427,21 @@ def run(args: argparse.Namespace) -> dict:
         t0 = time.perf_counter()
         summary = summary_dict(run_capture(config, model_and_tokenizer=(model, tokenizer)))
         _sync(args.device)
+        # Tokens and busy seconds add up over the runs that wrote this store's parts
+        # (a rerun resumes the capture), so the rate stays that of the whole capture.
+        runs = throughput.setdefault(f"rows{row_size}", {"tokens": 0, "seconds": 0.0, "runs": 0})
+        if summary["traces_written"]:
+            runs["tokens"] += summary["tokens_written"]
+            runs["seconds"] += summary["seconds"] - summary["load_seconds"]
+            runs["runs"] += 1
+            _write_json(throughput_file, throughput)
         capture = {"batch": batch, "traces_written": summary["traces_written"],
                    "tokens_written": summary["tokens_written"],
                    "seconds": time.perf_counter() - t0,
-                   "tokens_per_second": summary["tokens_per_second"] or None}
+                   "tokens_total": runs["tokens"], "busy_seconds_total": runs["seconds"],
+                   "runs": runs["runs"],
+                   "tokens_per_second": runs["tokens"] / runs["seconds"] if runs["seconds"] > 0
+                   else None}
         ids = token_ids_by_trace(store)
         if mode == "sampled":
             sampled_ids = ids

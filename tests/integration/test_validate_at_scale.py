@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -164,6 +165,26 @@ def test_damaged_math500_gold_answers_are_left_out_of_grading(validated):
         status = {g["trace_id"]: g["status"] for g in grades}
         assert {s for t, s in status.items() if ":math500-0:" in t} == {"no_reference"}
         assert "no_reference" not in {s for t, s in status.items() if ":math500-0:" not in t}
+
+
+def test_a_rerun_resumes_and_gives_the_same_table(validated, tmp_path, capsys):
+    out, stdout, _ = validated
+    again = tmp_path / "again"
+    shutil.copytree(out, again)
+    first = json.loads((out / "validate.json").read_text())
+    script = load_script()
+    assert script.main(script_args(first_model(first), again)) == 0
+    captured = capsys.readouterr()
+    assert "reusing the measurement of an earlier run" in captured.err
+    result = json.loads((again / "validate.json").read_text())
+    for row in result["row_sizes"]:
+        assert row["capture"]["traces_written"] == 0 and row["capture"]["runs"] == 1
+    # the same numbers, throughput included (nothing was captured again)
+    assert table_lines(result["table"]) == table_lines(first["table"])
+
+
+def first_model(result: dict) -> str:
+    return result["config"]["model"]
 
 
 def test_the_damaged_gold_answers_of_the_shipped_math500():
