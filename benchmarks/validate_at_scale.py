@@ -93,33 +93,33 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="validate_at_scale.py", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="qwen2.5-0.5b",
-                        help="a shipped short name, a model directory or hub id (default %(default)s)")
-    parser.add_argument("--n", type=int, default=256, help="first N problems of each set (default %(default)s)")
-    parser.add_argument("--prompt-sets", default=",".join(PROMPT_SETS),
-                        help="comma-separated, from: gsm8k, math500 (default %(default)s)")
-    parser.add_argument("--samples", type=int, default=8, help="responses per prompt (default %(default)s)")
-    parser.add_argument("--max-new-tokens", type=int, default=2048, help="default %(default)s")
-    parser.add_argument("--temperature", type=float, default=0.7, help="default %(default)s")
-    parser.add_argument("--top-p", type=float, default=0.95, help="default %(default)s")
-    parser.add_argument("--seed", type=int, default=0, help="sampling and bootstrap seed (default 0)")
-    parser.add_argument("--top-k-neurons", type=int, default=500,
-                        help="(token, neuron) entries kept per row (default %(default)s)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--batch", type=int, default=8,
-                        help=f"sequences per sampling batch (default %(default)s); teacher-forced "
-                             f"captures use at most {FORCED_BATCH_CAP}")
-    parser.add_argument("--rows", default=DEFAULT_ROWS,
-                        help="row sizes; the first is sampled, the others teacher-forced "
-                             "(default %(default)s)")
-    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default %(default)s)")
-    parser.add_argument("--generate-sequences", type=int, default=None,
-                        help="sequences timed with plain generate (default: --batch, one batch; "
-                             "0 = skip)")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
-    parser.add_argument("--out", required=True, help="output folder (stores, tables, reports, validate.md/json)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add = parser.add_argument
+    add("--model", default="qwen2.5-0.5b",
+        help="a shipped short name, a model directory or hub id (default %(default)s)")
+    add("--n", type=int, default=256, help="first N problems of each set (default %(default)s)")
+    add("--prompt-sets", default=",".join(PROMPT_SETS),
+        help="comma-separated, from: gsm8k, math500 (default %(default)s)")
+    add("--samples", type=int, default=8, help="responses per prompt (default %(default)s)")
+    add("--max-new-tokens", type=int, default=2048, help="default %(default)s")
+    add("--temperature", type=float, default=0.7, help="default %(default)s")
+    add("--top-p", type=float, default=0.95, help="default %(default)s")
+    add("--seed", type=int, default=0, help="sampling and bootstrap seed (default 0)")
+    add("--top-k-neurons", type=int, default=500,
+        help="(token, neuron) entries kept per row (default %(default)s)")
+    add("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    add("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    add("--batch", type=int, default=8,
+        help=f"sequences per sampling batch (default %(default)s); teacher-forced captures "
+             f"use at most {FORCED_BATCH_CAP}")
+    add("--rows", default=DEFAULT_ROWS,
+        help="row sizes; the first is sampled, the others teacher-forced (default %(default)s)")
+    add("--bootstrap", type=int, default=1000, help="bootstrap resamples (default %(default)s)")
+    add("--generate-sequences", type=int, default=None,
+        help="sequences timed with plain generate (default: --batch, one batch; 0 = skip)")
+    add("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    add("--out", required=True,
+        help="output folder (stores, tables, reports, validate.md and validate.json)")
+    add("--no-progress", action="store_true", help="no progress bars")
     return parser
 
 
@@ -130,7 +130,13 @@ def check_args(args: argparse.Namespace) -> None:
     for name in ("n", "samples", "max_new_tokens", "batch", "top_k_neurons"):
         value = getattr(args, name)
         if value < 1:
-            raise ValidationError(f"--{name.replace('_', '-')}: expected a positive integer, got {value}")
+            raise ValidationError(f"--{name.replace('_', '-')}: expected a positive integer, "
+                                  f"got {value}")
+    if not 0 <= args.temperature <= 100:
+        raise ValidationError(f"--temperature: expected a value in [0, 100], "
+                              f"got {args.temperature}")
+    if not 0 < args.top_p <= 1:
+        raise ValidationError(f"--top-p: expected a value in (0, 1], got {args.top_p}")
     if args.bootstrap < 10:
         raise ValidationError(f"--bootstrap: expected an integer >= 10, got {args.bootstrap}")
     if args.generate_sequences is None:
@@ -139,7 +145,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValidationError(f"--generate-sequences: expected 0 or a positive integer, "
                               f"got {args.generate_sequences}")
     if args.threads < 0:
-        raise ValidationError(f"--threads: expected 0 (default) or a positive integer, got {args.threads}")
+        raise ValidationError(f"--threads: expected 0 (default) or a positive integer, "
+                              f"got {args.threads}")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValidationError(f"--out: expected a folder, got the file {out}")

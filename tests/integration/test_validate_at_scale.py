@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-pytest.importorskip("torch")
+torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("zarr")
 
@@ -214,7 +214,10 @@ def test_the_damaged_gold_answers_of_the_shipped_math500():
     (["--rows", "8,-16"], "--rows"),
     (["--rows", "8,8"], "--rows"),
     (["--n", "0"], "--n"),
+    (["--top-p", "0"], "--top-p"),
     (["--max-new-tokens", "400"], "context"),
+    pytest.param(["--device", "cuda"], "--device", marks=pytest.mark.skipif(
+        torch.cuda.is_available(), reason="this machine has CUDA")),
 ])
 def test_bad_input_gives_one_error_and_writes_nothing(tiny, tmp_path, capsys, extra, what):
     script = load_script()
