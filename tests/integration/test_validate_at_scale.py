@@ -93,6 +93,7 @@ def test_one_table_line_per_row_size(validated):
         assert column in header
     generate = result["generate"]
     assert generate["sequences"] == 6 and generate["tokens"] > 0
+    assert generate["prompts"] == ["gsm8k-0", "math500-1"]  # spread over both sets
     assert lines[0][-2] == f"{generate['tokens_per_second']:.1f}"
     for row in result["row_sizes"]:
         assert row["capture"]["tokens_per_second"] > 0
