@@ -472,8 +472,8 @@ def run(args: argparse.Namespace) -> dict:
         lines.append(line)
         if mode == "forced" and identical != len(ids):
             note = (f"rows of {row_size}: {len(ids) - identical} of {len(ids)} teacher-forced "
-                    f"responses re-tokenize to other token ids than were sampled (the text is "
-                    f"the same; the tokenizer does not round-trip every sampled sequence)")
+                    f"responses hold other token ids than were sampled (the tokenizer's decode "
+                    f"and encode do not round-trip them): those rows are of the re-encoded text")
             notes.append(note)
             print(f"note: {note}", file=sys.stderr)
     timings["total_s"] = time.perf_counter() - started

@@ -55,8 +55,8 @@ def script_args(model: Path, out: Path, *extra: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
-    # llama: the tiny qwen2 tokenizer does not round-trip text, so teacher forcing the
-    # exported texts would not give back the sampled token ids
+    # llama: the tiny qwen2 model's tokenizer does not round-trip text, so teacher forcing
+    # the exported texts would not give back the sampled token ids (tested below)
     return build_tiny_model(tmp_path_factory.mktemp("models") / "llama", "llama", seed=1)
 
 
@@ -194,6 +194,25 @@ def test_a_rerun_resumes_and_gives_the_same_table(validated, tmp_path, capsys):
 
 def first_model(result: dict) -> str:
     return result["config"]["model"]
+
+
+def test_responses_that_do_not_round_trip_are_counted_and_named(tmp_path, capsys):
+    # the tiny qwen2 model's tokenizer decodes the word-level ids into text that encodes
+    # back to other ids: the forced capture is then not of the sampled tokens, and says so
+    model = build_tiny_model(tmp_path / "qwen2", "qwen2", seed=1)
+    out = tmp_path / "out"
+    script = load_script()
+    argv = script_args(model, out, "--rows", "4,8", "--generate-sequences", "0")
+    assert script.main(argv) == 0
+    captured = capsys.readouterr()
+    result = json.loads((out / "validate.json").read_text())
+    sampled, forced = result["row_sizes"]
+    assert sampled["token_identical_to_sampled"] == sampled["n_traces"] == 4 * SAMPLES
+    assert forced["token_identical_to_sampled"] < forced["n_traces"]
+    differ = forced["n_traces"] - forced["token_identical_to_sampled"]
+    message = f"rows of 8: {differ} of {4 * SAMPLES} teacher-forced responses hold other token ids"
+    assert message in captured.err and message in captured.out
+    assert result["generate"] is None and table_lines(result["table"])[0][-2:] == ["n/a", "n/a"]
 
 
 def test_the_damaged_gold_answers_of_the_shipped_math500():
