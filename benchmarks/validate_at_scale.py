@@ -275,6 +275,24 @@ def export_responses(store_path: Path, tokenizer, path: Path) -> int:
     return len(table)
 
 
+def accuracy_by_set(report: Path, prompt_sets: dict[str, str]) -> dict:
+    """Per prompt set: graded responses, correct ones and accuracy (responses without an
+    answer count as wrong; those without a reference are left out), from ``grades.parquet``
+    of a ``nex eval`` report. ``prompt_sets`` maps prompt id -> set name."""
+    import pyarrow.parquet as pq
+
+    out: dict[str, dict] = {}
+    for grade in pq.read_table(report / "grades.parquet").to_pylist():
+        if grade["status"] == "no_reference":
+            continue
+        entry = out.setdefault(prompt_sets[grade["prompt_id"]], {"n_graded": 0, "n_correct": 0})
+        entry["n_graded"] += 1
+        entry["n_correct"] += int(bool(grade["correct"]))
+    for entry in out.values():
+        entry["accuracy"] = entry["n_correct"] / entry["n_graded"]
+    return out
+
+
 def _best(series: dict) -> dict:
     """The last point (largest N) of a best-of-N series."""
     return {"n": series["n"][-1], "accuracy": series["accuracy"][-1],
@@ -469,6 +487,7 @@ def run(args: argparse.Namespace) -> dict:
         timings[f"rows{row_size}"] = {"capture_s": t1 - t0, "score_s": t2 - t1, "eval_s": t3 - t2}
         line = row_size_result(row_size, mode, store, tables, report, capture,
                                evaluated["result"], identical, len(ids))
+        line["accuracy_by_set"] = accuracy_by_set(report, {r["id"]: r["set"] for r in prompt_rows})
         lines.append(line)
         if mode == "forced" and identical != len(ids):
             note = (f"rows of {row_size}: {len(ids) - identical} of {len(ids)} teacher-forced "
@@ -496,6 +515,10 @@ def run(args: argparse.Namespace) -> dict:
                      f"batches of {args.batch}), "
                      f"{generate['tokens']} tokens in {generate['seconds']:.1f} s; capture tok/s "
                      f"is over the whole capture (hooks, statistics, store writes)")
+    by_set = lines[0]["accuracy_by_set"]
+    notes.append("accuracy of the sampled responses by set: " + ", ".join(
+        f"{name} {e['accuracy']:.3f} ({e['n_correct']} of {e['n_graded']})"
+        for name, e in by_set.items()))
     for line in lines:
         for warning in line["warnings"]:
             notes.append(f"rows of {line['row_size']}: {warning}")

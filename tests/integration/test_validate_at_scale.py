@@ -170,6 +170,10 @@ def test_damaged_math500_gold_answers_are_left_out_of_grading(validated):
     assert [e["prompt_id"] for e in result["prompts"]["excluded_from_grading"]] == ["math500-0"]
     for row in result["row_sizes"]:
         assert row["n_prompts_evaluated"] == 3
+        by_set = row["accuracy_by_set"]
+        assert {k: v["n_graded"] for k, v in by_set.items()} == {"gsm8k": 2 * SAMPLES,
+                                                                "math500": SAMPLES}
+        assert sum(v["n_correct"] for v in by_set.values()) == row["n_correct"]
         grades = pq.read_table(Path(row["report"]) / "grades.parquet").to_pylist()
         status = {g["trace_id"]: g["status"] for g in grades}
         assert {s for t, s in status.items() if ":math500-0:" in t} == {"no_reference"}
