@@ -24,7 +24,7 @@ pytest.importorskip("zarr")
 
 from nex_transforms.diagnostics import median_over  # noqa: E402
 from pipelines import tables  # noqa: E402
-from pipelines.capture.tiny import build_tiny_model  # noqa: E402
+from pipelines.testing.models import build_tiny_model  # noqa: E402
 from pipelines.store import ActivationStore  # noqa: E402
 from tests.shipped import needs_packages  # noqa: E402
 
