@@ -44,9 +44,8 @@ DEFAULT_BATCH_ENTRIES = 1 << 20
 #: Row entries the in-process :func:`accumulate` analyses together by default. Larger than
 #: an engine's work unit: one process pays every batch's fixed costs (segmentation set-up,
 #: key tables) in turn, and the per-entry passes run in cache-sized chunks whatever the
-#: batch size. On the 600-trace benchmark corpus (11.8 M entries), in fresh processes,
-#: 4 M entries ran 10 % to 13 % faster than 1 M, and 16 M slower again (whole-batch arrays
-#: are fresh memory).
+#: batch size; much larger batches are slower again, their whole-batch arrays being fresh
+#: memory (``benchmarks/bench_core.py`` measures it).
 ACCUMULATE_BATCH_ENTRIES = 1 << 22
 
 

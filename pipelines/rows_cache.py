@@ -52,8 +52,8 @@ def _read(root: Path, rel: str, dtype: str) -> np.ndarray:
                                    f"a multiple of {itemsize} bytes", f"{size} bytes"))
     if size == 0:
         return np.zeros(0, dtype=dtype)
-    # Mapped, not copied: no copy and no fresh allocation (the 85 MB benchmark cache reads
-    # in about 6 ms instead of 48 ms). The arrays are read-only views of the file.
+    # Mapped, not copied: no copy and no fresh allocation. The arrays are read-only views
+    # of the file.
     with open(path, "rb") as handle:
         mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
     return np.frombuffer(mapped, dtype=dtype)

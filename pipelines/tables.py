@@ -699,7 +699,7 @@ def _publish(staging: Path, out: Path, token: str) -> None:
     try:
         _fault_point("linked")
         if out.is_dir() and not out.is_symlink():
-            # A folder of the earlier layout (or an empty one): moved aside as an old
+            # A plain folder (tables written before links were used, or empty): moved aside as an old
             # version first; a crash in between leaves the tables in that hidden folder.
             aside = out.parent / f"{_version_prefix(out)}{token}-previous"
             out.rename(aside)

@@ -215,6 +215,7 @@ def _tokens_by_trace(store_path: Path) -> dict[str, list[int]]:
     return {t: tokens[ptr[i]:ptr[i + 1]].tolist() for i, t in enumerate(ids)}
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_gives_every_trace_once(tiny, tmp_path):
     prompts = write_prompts(tmp_path / "p.jsonl")
     out = tmp_path / "store"
@@ -245,6 +246,7 @@ def test_sigkill_then_resume_gives_every_trace_once(tiny, tmp_path):
     assert main(["store", "verify", str(out)]) == 0
 
 
+@pytest.mark.slow
 def test_two_concurrent_shards_write_one_store(tiny, tmp_path):
     prompts = write_prompts(tmp_path / "p.jsonl")
     out = tmp_path / "store"

@@ -175,6 +175,7 @@ def test_watcher_scores_each_mlflow_version_once_and_publishes_to_the_registry(
     assert count == (3, 3)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_nex_flows_serve_scores_a_dropped_folder_and_fails_broken_ones_alone(
         servers, calset, tmp_path):

@@ -19,7 +19,7 @@ from pipelines.tables import read_table
 
 # The module's one run takes a few minutes on 2 free cores; on a loaded machine it took
 # 15 minutes and hit the suite's default 900 s timeout.
-pytestmark = pytest.mark.timeout(1800)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
 @pytest.fixture(scope="module")

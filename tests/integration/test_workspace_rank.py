@@ -87,6 +87,7 @@ def test_rerun_reuses_store_and_tables_and_publishes_nothing_new(scored):
     assert {p.name: p.stat().st_mtime_ns for p in tables.iterdir()} == before
 
 
+@pytest.mark.slow
 def test_a_half_finished_capture_resumes_from_its_complete_parts(scored, tmp_path):
     ckpt = scored["checkpoints"][1]
     ws = Workspace(tmp_path / "ws")
