@@ -45,7 +45,7 @@ DEFAULT_BATCH_ENTRIES = 1 << 20
 #: an engine's work unit: one process pays every batch's fixed costs (segmentation set-up,
 #: key tables) in turn, and the per-entry passes run in cache-sized chunks whatever the
 #: batch size; much larger batches are slower again, their whole-batch arrays being fresh
-#: memory (``benchmarks/bench_core.py`` measures it).
+#: memory.
 ACCUMULATE_BATCH_ENTRIES = 1 << 22
 
 
