@@ -42,14 +42,14 @@ MIN_ROW_SIZE = 2
 #: neurons (tests/unit/test_diagnostics.py).
 REFERENCE_REGIME = {"rows": 83, "row_size": 32, "late_novelty": 0.05542,
                     "pool_coverage": 3514 / 350_208, "n_can_carry_credit": 1, "n_responses": 1}
-#: Warn when a model's median late novelty is below this. A heuristic, from measured
-#: captures (docs/results.md, "Regime"): the reference example has 0.055 and the
-#: shipped models' captures 0.05-0.5, while the saturated testbed captures that segment
-#: noise had 0.01 and less.
+#: Warn when a model's median late novelty is below this. A heuristic, between measured
+#: captures (docs/results.md, "Regime of each capture"): the reference example has 0.055
+#: and the shipped models' captures 0.15-0.43, while the saturated testbed captures, whose
+#: novelty series is mostly noise, have 0.006-0.015.
 MIN_LATE_NOVELTY = 0.02
-#: Warn when a model's median pool coverage is above this. A heuristic: the reference
-#: example uses 1 % of its pool and the shipped models' captures 1-5 %, while the saturated
-#: testbed captures used 84 %.
+#: Warn when a model's median pool coverage is above this. A heuristic, from the same
+#: captures: the reference example uses 1.0 % of its pool and the shipped models' captures
+#: 1.3-8.7 %, while the saturated testbed captures use 71-84 %.
 MAX_POOL_COVERAGE = 0.25
 
 
