@@ -37,6 +37,10 @@ from tests.servers import (BIN, deliver_prefect_backlog, deploy_infra,  # noqa: 
 PROMPTS = ["two plus three is", "how many apples are left ?", "she sold ten eggs"]
 
 
+# The module costs about a minute (its servers, then 15-45 s a test): slow as a whole.
+pytestmark = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory):
     """A Prefect server and an MLflow server, started side by side; yields their URLs and the
@@ -175,7 +179,6 @@ def test_watcher_scores_each_mlflow_version_once_and_publishes_to_the_registry(
     assert count == (3, 3)
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_nex_flows_serve_scores_a_dropped_folder_and_fails_broken_ones_alone(
         servers, calset, tmp_path):
