@@ -38,7 +38,7 @@ from .crashsafe import atomic_write_json
 from .engines import run_engine
 from .engines.plan import ScoreConfig
 from .evaluation import run_eval
-from .evaluation.coverage import tables_coverage
+from .evaluation.coverage import tables_coverage, warnings_of
 from .explore import write_site
 from .rows_cache import read_rows_cache
 from .store import ActivationStore
@@ -52,10 +52,8 @@ ENGINES = ("local", "beam", "dask")
 
 def _warn(tables: Path, store: Path) -> None:
     """The coverage and regime warnings ``nex score`` prints after scoring."""
-    for entry in tables_coverage(tables, store):
-        for warning in (entry["warning"], entry["regime_warning"]):
-            if warning:
-                print(f"nex: warning: {warning}", file=sys.stderr)
+    for warning in warnings_of(tables_coverage(tables, store)):
+        print(f"nex: warning: {warning}", file=sys.stderr)
 
 
 def capture_stage(out: Path, args: argparse.Namespace) -> Path:

@@ -63,7 +63,7 @@ def _report_coverage(tables: str, store: str, quiet: bool) -> None:
     (pipelines.evaluation.coverage)."""
     import sys
 
-    from ..evaluation.coverage import tables_coverage
+    from ..evaluation.coverage import tables_coverage, warnings_of
 
     for entry in tables_coverage(tables, store):
         if not quiet:
@@ -77,9 +77,8 @@ def _report_coverage(tables: str, store: str, quiet: bool) -> None:
                 pool = "unknown" if coverage is None else f"{100 * coverage:.1f} %"
                 print(f"  {entry['model_id']}: regime: median late novelty "
                       f"{entry['late_novelty']:.4f}, pool coverage {pool}")
-        for warning in (entry["warning"], entry["regime_warning"]):
-            if warning:
-                print(f"nex: warning: {warning}", file=sys.stderr)
+        for warning in warnings_of([entry]):
+            print(f"nex: warning: {warning}", file=sys.stderr)
 
 
 class _PassThroughParser(argparse.ArgumentParser):

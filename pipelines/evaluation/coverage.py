@@ -217,3 +217,9 @@ def tables_coverage(tables, store_path=None) -> list[dict]:
     row_size, budget = capture_budget(store_path) if store_path else (None, None)
     top_k = capture_top_k(store_path) if store_path else None
     return model_coverage(columns, row_size, budget, top_k)
+
+
+def warnings_of(entries: list[dict]) -> list[str]:
+    """The coverage and regime warnings of :func:`model_coverage` entries, in order (what
+    ``nex score`` prints after scoring)."""
+    return [w for entry in entries for w in (entry["warning"], entry.get("regime_warning")) if w]

@@ -34,7 +34,7 @@ from ..capture.prompts import load_prompt_file
 from ..engines import run_engine
 from ..engines.plan import ScoreConfig
 from ..evaluation import run_eval
-from ..evaluation.coverage import tables_coverage
+from ..evaluation.coverage import tables_coverage, warnings_of
 from ..tables import read_table
 from .annotations import agreement, load_annotations
 from .presets import Preset
@@ -114,10 +114,8 @@ def _score(store: Path, tables: Path, log) -> None:
     """``nex score STORE --out TABLES --phases`` on the local engine; the coverage and
     regime warnings go to ``log`` as the command prints them."""
     run_engine("local", ScoreConfig(store=str(store), phases=True), tables)
-    for entry in tables_coverage(tables, store):
-        for warning in (entry["warning"], entry["regime_warning"]):
-            if warning:
-                log(f"nex: warning: {warning}")
+    for warning in warnings_of(tables_coverage(tables, store)):
+        log(f"nex: warning: {warning}")
 
 
 def run_testbed(preset: Preset, out: str | Path, *, threads: int | None = None,
