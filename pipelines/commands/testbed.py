@@ -93,7 +93,7 @@ def register(subparsers) -> None:
                     "variants, capture, score, evaluate and run the neuron-transfer check.")
     sub = p.add_subparsers(dest="testbed_command", metavar="SUBCOMMAND", required=True)
     train = sub.add_parser("train", help="train a preset and save its checkpoints")
-    train.add_argument("--preset", default="ci", help="ci or results (default ci)")
+    train.add_argument("--preset", default="ci", help="ci, results or regime (default ci)")
     train.add_argument("--out", required=True, help="output folder")
     train.add_argument("--steps", type=int, default=None, help="override the preset's steps")
     train.add_argument("--threads", type=int, default=None, help="torch threads")
@@ -104,7 +104,7 @@ def register(subparsers) -> None:
     problems.add_argument("--out", required=True)
     problems.set_defaults(func=cmd_problems)
     run = sub.add_parser("run", help="train, merge, capture, score, eval and transfer")
-    run.add_argument("--preset", default="ci", help="ci or results (default ci)")
+    run.add_argument("--preset", default="ci", help="ci, results or regime (default ci)")
     run.add_argument("--out", required=True, help="output folder (resumable)")
     run.add_argument("--stages", default="train,merge,capture,score,eval,transfer,annotate",
                      help="comma-separated stages to run (default all)")

@@ -72,6 +72,16 @@ PRESETS = {
         learning_rate=3e-3, warmup_steps=40, checkpoints=(0, 75, 150, 250, 400, 550, 700),
         n_heldout=16, samples=4, n_transfer_prompts=48, transfer_size=48,
         transfer_seed_draws=4),
+    # Chosen on the regime diagnostics alone (docs/testbed.md, "Regime of the captures"),
+    # before any evaluation: a pool of 2 x 1,024 neurons, 10 entries a row of 8 tokens, and
+    # solutions of 4-10 steps, so a response has about 60 rows, uses about 6 % of the pool
+    # and its late rows still bring new neurons.
+    "regime": Preset(
+        name="regime", hidden_size=128, intermediate_size=1024, num_layers=2, num_heads=4,
+        num_kv_heads=2, head_dim=32, max_positions=1024, steps=700, batch_size=16,
+        learning_rate=3e-3, warmup_steps=40, checkpoints=(0, 75, 150, 250, 400, 550, 700),
+        min_steps=4, max_steps=10, n_heldout=16, samples=4, row_size=8, top_k_neurons=10,
+        n_transfer_prompts=32, transfer_size=48, transfer_seed_draws=4),
 }
 
 
