@@ -96,7 +96,7 @@ def test_tokenizer_is_character_level_with_the_training_layout():
 
 
 def test_presets():
-    assert set(PRESETS) == {"ci", "results"}
+    assert set(PRESETS) == {"ci", "results", "regime"}
     ci = get_preset("ci")
     assert ci.checkpoints[-1] == ci.steps and len([c for c in ci.checkpoints if c]) >= 4
     longer = get_preset("ci", steps=300)
