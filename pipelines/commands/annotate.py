@@ -10,12 +10,13 @@ import json
 
 from nex_transforms.errors import CommandError
 
+from ..store import ActivationStore
+from ..tables import read_run, read_table
+from ..testbed.annotations import agreement, load_annotations
+
 
 def _row_size(tables: str) -> int | None:
     try:
-        from ..store import ActivationStore
-        from ..tables import read_run
-
         store = read_run(tables).get("store", {}).get("path")
         return int(ActivationStore.open(store).metadata["capture"]["row_size"])
     except Exception:  # noqa: BLE001 - the caller asks for --row-size instead
@@ -23,9 +24,6 @@ def _row_size(tables: str) -> int | None:
 
 
 def cmd_agree(args: argparse.Namespace) -> int:
-    from ..tables import read_table
-    from ..testbed.annotations import agreement, load_annotations
-
     annotations = load_annotations(args.annotations)
     row_size = args.row_size or _row_size(args.tables)
     if row_size is None or row_size < 1:

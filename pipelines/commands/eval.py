@@ -12,10 +12,10 @@ import sys
 
 from nex_transforms.errors import CommandError
 
+from ..evaluation import run_eval
+
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ..evaluation import run_eval
-
     if args.bootstrap < 10:
         raise CommandError(f"--bootstrap: expected an integer >= 10, got {args.bootstrap}")
     if args.bins < 1:

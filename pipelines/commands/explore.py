@@ -16,10 +16,10 @@ import sys
 
 from nex_transforms.errors import CommandError
 
+from ..explore import write_site
+
 
 def cmd_explore(args: argparse.Namespace) -> int:
-    from ..explore import write_site
-
     if args.engine != "dask" and (args.scheduler is not None or args.workers is not None):
         raise CommandError(f"--scheduler/--workers: expected only with --engine dask, "
                            f"got --engine {args.engine}")

@@ -7,10 +7,10 @@ import argparse
 import json
 import sys
 
+from ..testbed.merge import merge_family
+
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from ..testbed.merge import merge_family
-
     done = merge_family(args.family, args.out, only=args.only or None,
                         log=lambda m: print(m, file=sys.stderr, flush=True))
     print(json.dumps(done, sort_keys=True))

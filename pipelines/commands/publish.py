@@ -17,11 +17,13 @@ import sys
 from nex_transforms.errors import CommandError
 
 from ..failures import TRANSIENT, describe, failure_kind
+from ..publish import parse_target, results_from_tables
+from ..publish.folder import publish_folder
+from ..publish.huggingface import publish_huggingface
+from ..publish.mlflow import publish_mlflow
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from ..publish import parse_target, results_from_tables
-
     kind, where = parse_target(args.to)
     results = results_from_tables(args.tables, args.calibration_set, args.model_id)
     if kind in ("mlflow", "huggingface") and len(results) != 1:
@@ -29,8 +31,6 @@ def cmd_publish(args: argparse.Namespace) -> int:
                            f"for --to {kind}, got {len(results)} models "
                            f"{[r['model_id'] for r in results]}")
     if kind == "mlflow":
-        from ..publish.mlflow import publish_mlflow
-
         try:
             changes = publish_mlflow(results[0], args.tables, where, args.tracking_uri)
         except Exception as err:
@@ -40,12 +40,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
                   f"{describe(err)} (nothing lost; publish again later)", file=sys.stderr)
             return 1
     elif kind == "huggingface":
-        from ..publish.huggingface import publish_huggingface
-
         changes = publish_huggingface(results[0], where)
     else:
-        from ..publish.folder import publish_folder
-
         changes = publish_folder(results, args.tables, where)
     if args.json:
         print(json.dumps({"target": args.to, "kind": kind, "changes": changes,

@@ -9,10 +9,10 @@ import math
 
 from nex_transforms.errors import CommandError
 
+from ..workspace import Workspace, format_ranking
+
 
 def cmd_rank(args: argparse.Namespace) -> int:
-    from ..workspace import Workspace, format_ranking
-
     workspace = Workspace(args.workspace)
     if not workspace.root.is_dir():
         raise CommandError(f"workspace: expected an existing folder, got {workspace.root}")

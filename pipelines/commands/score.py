@@ -15,13 +15,14 @@ import json
 
 from nex_transforms.errors import CommandError
 
+from ..engines import run_engine
+from ..engines.plan import DEFAULT_BATCH_ENTRIES, ScoreConfig
+from ..evaluation.coverage import tables_coverage, warnings_of
+from ..store.fs import apply_storage_options
 from .rows_cache import add_method_options, params_from_args
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from ..engines import run_engine
-    from ..engines.plan import ScoreConfig
-
     if args.weights is not None and args.calibration is not None:
         raise CommandError(f"--weights: expected no --calibration with it (weights are "
                            f"given, not learned), got --calibration {args.calibration}")
@@ -34,7 +35,6 @@ def cmd_score(args: argparse.Namespace) -> int:
                            f"got {args.engine_args[:3]} with --engine {args.engine}")
     if args.workers is not None and args.workers < 1:
         raise CommandError(f"--workers: expected an integer >= 1, got {args.workers}")
-    from ..store.fs import apply_storage_options
 
     # parsed and checked once; object-store stores: workers inherit it
     storage_options = apply_storage_options(args.storage_options) or None
@@ -62,8 +62,6 @@ def _report_coverage(tables: str, store: str, quiet: bool) -> None:
     warning (stderr) when too few did for NEX to mean anything
     (pipelines.evaluation.coverage)."""
     import sys
-
-    from ..evaluation.coverage import tables_coverage, warnings_of
 
     for entry in tables_coverage(tables, store):
         if not quiet:
@@ -98,8 +96,6 @@ class _PassThroughParser(argparse.ArgumentParser):
 
 def register(subparsers) -> None:
     """Add ``score``: score a store with the local, Beam or Dask engine."""
-    from ..engines.plan import DEFAULT_BATCH_ENTRIES
-
     score = subparsers.add_parser(
         "score", help="score a store into Parquet tables (local, Beam or Dask engine)",
         usage="nex score STORE --out TABLES [--engine {local,beam,dask}] [options] "

@@ -5,16 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..store import ActivationStore, StoreError
+from ..store.fs import add_storage_options_flag, apply_storage_options
+from ..store.rows_cache_io import export_rows_cache, import_rows_cache
+from ..store.verify import verify_store
+
 
 def _storage(args: argparse.Namespace) -> None:
-    from ..store.fs import apply_storage_options
-
     apply_storage_options(getattr(args, "storage_options", None))
 
 
 def cmd_info(args: argparse.Namespace) -> int:
     _storage(args)
-    from ..store import ActivationStore
 
     info = ActivationStore.open(args.store).info()
     if args.json:
@@ -31,8 +33,6 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     _storage(args)
-    from ..store import ActivationStore, StoreError
-    from ..store.verify import verify_store
 
     report = verify_store(ActivationStore.open(args.store))
     if not report.ok:
@@ -46,7 +46,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_finalize(args: argparse.Namespace) -> int:
     _storage(args)
-    from ..store import ActivationStore
 
     store = ActivationStore.open(args.store)
     ActivationStore.create(args.store, store.metadata).finalize()
@@ -56,7 +55,6 @@ def cmd_finalize(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     _storage(args)
-    from ..store.rows_cache_io import import_rows_cache
 
     store, parts = import_rows_cache(args.cache, args.store, model_id=args.model_id,
                                      name=args.name, traces_per_part=args.traces_per_part)
@@ -71,8 +69,6 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     _storage(args)
-    from ..store import ActivationStore
-    from ..store.rows_cache_io import export_rows_cache
 
     store = ActivationStore.open(args.store)
     result = export_rows_cache(store, args.cache, model_id=args.model_id)
@@ -84,8 +80,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     """Add the ``store`` group: info, verify, finalize, import-rows-cache, export-rows-cache."""
-    from ..store.fs import add_storage_options_flag
-
     group = subparsers.add_parser("store", help="inspect and convert an activation store")
     sub = group.add_subparsers(dest="store_command", metavar="ACTION", required=True)
 

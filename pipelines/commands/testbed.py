@@ -15,14 +15,17 @@ import sys
 
 from nex_transforms.errors import CommandError
 
+from ..testbed.presets import get_preset
+from ..testbed.problems import generate_problems
+from ..testbed.run import STAGES, run_testbed
+from ..testbed.train import heldout_problems, train, write_prompts
+
 
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
 def _preset(args: argparse.Namespace):
-    from ..testbed.presets import get_preset
-
     preset = get_preset(args.preset, steps=getattr(args, "steps", None))
     given = getattr(args, "checkpoints", None)
     if given:
@@ -47,8 +50,6 @@ def _threads(args: argparse.Namespace) -> int | None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ..testbed.train import heldout_problems, train, write_prompts
-
     preset = _preset(args)
     summary = train(preset, args.out, threads=_threads(args), log=_log)
     write_prompts(heldout_problems(preset), f"{args.out}/heldout.jsonl")
@@ -59,9 +60,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_problems(args: argparse.Namespace) -> int:
-    from ..testbed.problems import generate_problems
-    from ..testbed.train import write_prompts
-
     if args.n < 1:
         raise CommandError(f"--n: expected an integer >= 1, got {args.n}")
     write_prompts(generate_problems(args.seed, args.n, prefix="p"), args.out)
@@ -70,8 +68,6 @@ def cmd_problems(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ..testbed.run import STAGES, run_testbed
-
     stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
     unknown = [s for s in stages if s not in STAGES]
     if unknown or not stages:

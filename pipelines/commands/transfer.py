@@ -13,11 +13,12 @@ import sys
 
 from nex_transforms.errors import CommandError
 
+from ..capture.prompts import load_prompt_file
+from ..testbed.transfer import run_transfer, transfer_model
+
 
 def cmd_transfer(args: argparse.Namespace) -> int:
     if args.keys is not None:
-        from ..testbed.transfer import transfer_model
-
         try:
             keys = [int(k) for k in args.keys.split(",") if k.strip()]
         except ValueError:
@@ -37,8 +38,6 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     if args.k < 1 or args.draws < 0 or args.bootstrap < 10:
         raise CommandError(f"--k/--draws/--bootstrap: expected k >= 1, draws >= 0, bootstrap "
                            f">= 10, got {args.k}, {args.draws}, {args.bootstrap}")
-    from ..capture.prompts import load_prompt_file
-    from ..testbed.transfer import run_transfer
 
     items = load_prompt_file(args.prompts)
     if any(item.reference_answer is None for item in items):
