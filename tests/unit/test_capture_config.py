@@ -59,16 +59,12 @@ def test_the_shipped_calibration_sets_give_the_same_capture_configs():
 
 
 def _cli_config(*argv: str):
-    from pipelines.capture import CaptureConfig
     from pipelines.commands import capture
 
     parser = argparse.ArgumentParser()
     capture.register(parser.add_subparsers())
     args = parser.parse_args(["capture", "--model", "m", "--prompts", "p", "--out", "o", *argv])
-    fields = {name: getattr(args, name) for name in CaptureConfig.__dataclass_fields__
-              if hasattr(args, name)}
-    fields["progress"] = not args.no_progress
-    return CaptureConfig(**fields)
+    return capture.config_from_args(args)
 
 
 def test_the_cli_defaults_are_the_capture_config_defaults():
@@ -85,3 +81,21 @@ def test_calibration_set_parameters_fall_back_to_the_capture_defaults():
     assert calset.param("max_new_tokens") == CLI_DEFAULTS["max_new_tokens"]
     assert calset.param("row_size") == CLI_DEFAULTS["row_size"]
     assert calset.n_traces == 3 * CLI_DEFAULTS["samples"]
+
+
+def test_every_flag_reaches_the_capture_config():
+    config = _cli_config("--samples", "3", "--row-size", "8", "--no-progress", "--hash-ids",
+                         "--dtype", "bfloat16", "--shard", "1/2", "--limit", "5")
+    assert (config.samples, config.row_size, config.progress, config.hash_ids, config.dtype,
+            config.shard, config.limit) == (3, 8, False, True, "bfloat16", "1/2", 5)
+
+
+def test_the_documented_defaults_are_the_defaults():
+    from pipelines.capture import config
+
+    table = {}
+    for line in config.__doc__.splitlines():
+        words = line.split()
+        if len(words) >= 2 and words[0] in config.CAPTURE_DEFAULTS:
+            table[words[0]] = words[1]
+    assert table == {name: str(value) for name, value in config.CAPTURE_DEFAULTS.items()}
