@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from ..records import TraceRecord, trace_id
 from ..store import ActivationStore
@@ -21,6 +21,9 @@ from .config import PROMPT_FORMATS, CaptureConfig, parse_shard
 from .plan import (INPUTS_KEY, CapturePlan, Job, Part, check_resume, existing_trace_ids,
                    job_inputs, load_inputs, plan_capture, plan_parts)
 from .tokens import JobTokens, Tokenized, pad_token_id, stop_token_ids, tokenize_parts
+
+if TYPE_CHECKING:
+    from .models import MlpSite, ModelSpec
 
 #: A capture's notes and warnings, one line each.
 Log = Callable[[str], None]
@@ -56,10 +59,10 @@ class LoadedModel:
     hooked sites of the kept ``layers`` (of ``n_layers``), the prompt format in use,
     and the pad and stop ids."""
 
-    spec: object
+    spec: ModelSpec
     model: object
     tokenizer: object
-    sites: list
+    sites: list[MlpSite]
     layers: list[int]
     n_layers: int
     tokenized: Tokenized
