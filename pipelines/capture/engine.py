@@ -28,7 +28,7 @@ from torch import nn
 
 from nex_transforms.params import UNIT_BITS
 
-from ..records import TOKEN_STAT_NAMES
+from ..records import TOKEN_STAT_NAMES, SparseRows
 from .errors import CaptureError
 
 from .models import MlpSite
@@ -82,19 +82,6 @@ def final_logits(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- reduction
-
-
-@dataclass
-class TraceRows:
-    """Sparse rows of one response as numpy arrays (see :class:`pipelines.records.TraceRecord`)."""
-
-    row_entry_ptr: np.ndarray
-    row_tokens: np.ndarray
-    keys: np.ndarray
-    masses: np.ndarray
-    agg_keys: np.ndarray
-    agg_masses: np.ndarray
-    nan_activations: int
 
 
 def rows_from_candidates(values: np.ndarray, keys: np.ndarray, n_tokens: int, row_size: int,
@@ -212,8 +199,9 @@ class SparseCapture:
             self._pieces.append((self._start, *self._running))
             self._running = None
 
-    def finish(self, lengths: list[int], row_size: int) -> list[TraceRows]:
-        """Sparse rows of every sequence of the batch, given its response lengths."""
+    def finish(self, lengths: list[int], row_size: int) -> list[tuple[SparseRows, int]]:
+        """Sparse rows of every sequence of the batch, given its response lengths, each with
+        its count of non-finite activations (set to 0 before the reduction)."""
         n_batch = len(lengths)
         if not self._pieces:
             values = np.zeros((n_batch, 0, 1), np.float32)
@@ -235,7 +223,7 @@ class SparseCapture:
             if n_tokens > values.shape[1]:
                 raise RuntimeError(f"capture: {values.shape[1]} tokens captured, {n_tokens} needed")
             arrays = rows_from_candidates(values[b], keys[b], n_tokens, row_size, self.top_k)
-            out.append(TraceRows(*arrays, nan_activations=int(nonfinite[b, :n_tokens].sum())))
+            out.append((SparseRows(*arrays), int(nonfinite[b, :n_tokens].sum())))
         return out
 
 
@@ -327,12 +315,14 @@ class LogitStatsHook:
 
 @dataclass
 class BatchResult:
-    """One sequence of a batch: response tokens, finish reason, rows and token stats."""
+    """One sequence of a batch: response tokens, finish reason, rows (None when nothing was
+    captured), token stats and the non-finite activations set to 0 in its rows."""
 
     token_ids: np.ndarray
     finish_reason: str
-    rows: TraceRows | None
+    rows: SparseRows | None
     token_stats: dict[str, np.ndarray]
+    nan_activations: int = 0
 
 
 def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -386,10 +376,11 @@ def sample_batch(model: nn.Module, prompts: list[list[int]], seeds: list[int], *
         else:
             lengths.append(min(max_new_tokens, generated.shape[1]))
             reasons.append("length")
-    rows = sparse.finish(lengths, row_size) if capture else [None] * len(prompts)
+    rows = sparse.finish(lengths, row_size) if capture else [(None, 0)] * len(prompts)
     arrays = stats.as_arrays() if capture else {}
-    return [BatchResult(generated[b, :lengths[b]].astype(np.int32), reasons[b], rows[b],
-                        {name: values[b, :lengths[b]].copy() for name, values in arrays.items()})
+    return [BatchResult(generated[b, :lengths[b]].astype(np.int32), reasons[b], rows[b][0],
+                        {name: values[b, :lengths[b]].copy() for name, values in arrays.items()},
+                        rows[b][1])
             for b in range(len(prompts))]
 
 
@@ -427,7 +418,8 @@ def force_batch(model: nn.Module, prompts: list[list[int]], responses: list[list
         names = list(chunks[-1])
     stats = {name: torch.cat([c[name] for c in chunks], dim=1).cpu().numpy().astype(np.float32)
              for name in (names or [])}
-    return [BatchResult(np.asarray(responses[b], dtype=np.int32), "forced", rows[b],
+    return [BatchResult(np.asarray(responses[b], dtype=np.int32), "forced", rows[b][0],
                         {name: values[b, :len(responses[b])].copy() for name, values in stats.items()}
-                        if stats else {name: np.zeros(0, np.float32) for name in TOKEN_STAT_NAMES})
+                        if stats else {name: np.zeros(0, np.float32) for name in TOKEN_STAT_NAMES},
+                        rows[b][1])
             for b in range(len(prompts))]

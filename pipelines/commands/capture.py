@@ -10,23 +10,23 @@ import argparse
 import json
 
 
+def config_from_args(args: argparse.Namespace):
+    """The :class:`CaptureConfig` of parsed ``nex capture`` arguments (every field is a
+    flag of the same name; ``--no-progress`` sets ``progress`` False)."""
+    from ..capture import CaptureConfig
+
+    values = {name: getattr(args, name) for name in CaptureConfig.__dataclass_fields__
+              if name != "progress"}
+    return CaptureConfig(progress=not args.no_progress, **values)
+
+
 def cmd_capture(args: argparse.Namespace) -> int:
-    from ..capture import CaptureConfig, run_capture, summary_dict
+    from ..capture import run_capture, summary_dict
     from ..store.fs import apply_storage_options
 
     apply_storage_options(args.storage_options)
 
-    config = CaptureConfig(
-        model=args.model, prompts=args.prompts, out=args.out, samples=args.samples,
-        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-        top_k=args.top_k, seed=args.seed, batch_size=args.batch_size, device=args.device,
-        dtype=args.dtype, top_k_neurons=args.top_k_neurons, row_size=args.row_size,
-        layers=args.layers, limit=args.limit, responses=args.responses,
-        part_size=args.part_size, shard=args.shard, prompt_format=args.prompt_format,
-        model_id=args.model_id, revision=args.revision, id_column=args.id_column,
-        prompt_column=args.prompt_column, answer_column=args.answer_column,
-        hash_ids=args.hash_ids, progress=not args.no_progress, overwrite=args.overwrite)
-    summary = summary_dict(run_capture(config))
+    summary = summary_dict(run_capture(config_from_args(args)))
     if args.json:
         print(json.dumps(summary, sort_keys=True, default=str))
     else:
@@ -39,7 +39,9 @@ def cmd_capture(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    """Register ``nex capture``."""
+    """Register ``nex capture``: one flag per :class:`CaptureConfig` field, defaulting to it."""
+    from ..capture.config import CAPTURE_DEFAULTS, DTYPE_NAMES, PROMPT_FORMATS
+
     p = subparsers.add_parser(
         "capture", help="generate (or teacher-force) responses and store sparse MLP rows",
         description="Turn prompts and a model into traces in an activation store: per row of "
@@ -55,36 +57,46 @@ def register(subparsers) -> None:
                    help="gsm8k, math500, arithmetic, or a .jsonl/.parquet file with id and "
                         "prompt columns")
     p.add_argument("--out", required=True, help="activation store (created or appended to)")
-    p.add_argument("--samples", type=int, default=1, help="responses per prompt (default 1)")
-    p.add_argument("--max-new-tokens", type=int, default=512, help="default %(default)s")
-    p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy (default %(default)s)")
-    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling (default %(default)s)")
-    p.add_argument("--top-k", type=int, default=0, help="sampling top-k, 0 = off (default 0)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="sampling seed; each (prompt, sample) gets its own stream (default 0)")
-    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward (default 8)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--top-k-neurons", type=int, default=500,
+    d = CAPTURE_DEFAULTS  # every default is CaptureConfig's (pipelines/capture/config.py)
+    p.add_argument("--samples", type=int, default=d["samples"],
+                   help="responses per prompt (default %(default)s)")
+    p.add_argument("--max-new-tokens", type=int, default=d["max_new_tokens"],
+                   help="default %(default)s")
+    p.add_argument("--temperature", type=float, default=d["temperature"],
+                   help="0 = greedy (default %(default)s)")
+    p.add_argument("--top-p", type=float, default=d["top_p"],
+                   help="nucleus sampling (default %(default)s)")
+    p.add_argument("--top-k", type=int, default=d["top_k"],
+                   help="sampling top-k, 0 = off (default %(default)s)")
+    p.add_argument("--seed", type=int, default=d["seed"],
+                   help="sampling seed; each (prompt, sample) gets its own stream "
+                        "(default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=d["batch_size"],
+                   help="sequences per forward (default %(default)s)")
+    p.add_argument("--device", default=d["device"], help="cpu or cuda[:N] (default %(default)s)")
+    p.add_argument("--dtype", default=d["dtype"], choices=DTYPE_NAMES)
+    p.add_argument("--top-k-neurons", type=int, default=d["top_k_neurons"],
                    help="(token, neuron) entries kept per row (default %(default)s)")
-    p.add_argument("--row-size", type=int, default=32, help="tokens per row (default 32)")
-    p.add_argument("--layers", default="all", help="'all' or indices/ranges like '0-5,8'")
-    p.add_argument("--limit", type=int, default=None, help="use the first N prompts")
-    p.add_argument("--responses", default=None,
+    p.add_argument("--row-size", type=int, default=d["row_size"],
+                   help="tokens per row (default %(default)s)")
+    p.add_argument("--layers", default=d["layers"], help="'all' or indices/ranges like '0-5,8'")
+    p.add_argument("--limit", type=int, default=d["limit"], help="use the first N prompts")
+    p.add_argument("--responses", default=d["responses"],
                    help="JSONL with prompt_id, response[, sample_index]: teacher-force these "
                         "responses instead of sampling")
-    p.add_argument("--part-size", type=int, default=16,
+    p.add_argument("--part-size", type=int, default=d["part_size"],
                    help="prompts per store part (unit of resume; default %(default)s)")
-    p.add_argument("--shard", default="0/1",
-                   help="I/N: this process takes parts I, I+N, ... (default 0/1)")
-    p.add_argument("--prompt-format", default="auto", choices=["auto", "chat", "raw", "fewshot"],
+    p.add_argument("--shard", default=d["shard"],
+                   help="I/N: this process takes parts I, I+N, ... (default %(default)s)")
+    p.add_argument("--prompt-format", default=d["prompt_format"], choices=PROMPT_FORMATS,
                    help="auto: the chat template when the model has one, else the raw prompt; "
                         "fewshot: the benchmark's few-shot context")
-    p.add_argument("--model-id", default=None, help="id used in trace ids (default from --model)")
-    p.add_argument("--revision", default=None, help="hub revision of a hub model")
-    p.add_argument("--id-column", default="id")
-    p.add_argument("--prompt-column", default="prompt")
-    p.add_argument("--answer-column", default=None,
+    p.add_argument("--model-id", default=d["model_id"],
+                   help="id used in trace ids (default from --model)")
+    p.add_argument("--revision", default=d["revision"], help="hub revision of a hub model")
+    p.add_argument("--id-column", default=d["id_column"])
+    p.add_argument("--prompt-column", default=d["prompt_column"])
+    p.add_argument("--answer-column", default=d["answer_column"],
                    help="reference answer column (default: answer or reference_answer if present)")
     p.add_argument("--hash-ids", action="store_true",
                    help="derive prompt ids from the prompt text (files without an id column)")

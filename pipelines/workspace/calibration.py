@@ -2,10 +2,11 @@
 the set pins, the scoring engine and calibration, and the stages' deadlines.
 
 A calibration set is a flat YAML mapping (the shipped ones are package data in
-``pipelines/workspace/calibration_sets/``). Its capture keys are fields of
-:class:`pipelines.capture.CaptureConfig` (``prompts``, ``limit``, ``samples``,
-``max_new_tokens``, ``row_size``, ...): the set records only the ones it sets, every other
-capture parameter keeps ``CaptureConfig``'s default or comes from the run (``device`` and
+``pipelines/workspace/calibration_sets/``). Its capture keys are the fields of
+:class:`pipelines.capture.CaptureConfig` a set may pin (``SET_FIELDS``: ``prompts``,
+``limit``, ``samples``, ``max_new_tokens``, ``row_size``, ...): the set records only the
+ones it sets (they, not the defaults, make its key), every other capture parameter keeps
+the default of :mod:`pipelines.capture.config` or comes from the run (``device`` and
 ``dtype`` from the deployment that runs the capture). Its other keys: ``name``,
 ``description``, ``engine`` (local, dask, beam), ``calibration`` (per-model, global) and
 the deadlines ``capture_deadline_seconds`` / ``score_deadline_seconds``.
@@ -18,7 +19,7 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -26,16 +27,17 @@ import yaml
 
 from nex_transforms.errors import expected
 
-from ..capture import CaptureConfig, CaptureError
+from ..capture import CaptureError
+from ..capture.config import CAPTURE_DEFAULTS, RUN_PARAMS, SET_FIELDS, CaptureConfig
 from .errors import WorkspaceError
 
 #: The shipped calibration sets (package data, installed with the wheel).
 CALIBRATION_SET_DIR = Path(str(resources.files(__package__).joinpath("calibration_sets")))
-#: CaptureConfig fields a calibration set cannot set: they name one run, not the prompts.
-RUN_ONLY = ("model", "out", "model_id", "progress", "overwrite", "shard")
-CAPTURE_KEYS = tuple(f.name for f in fields(CaptureConfig) if f.name not in RUN_ONLY)
+#: The capture parameters a calibration set may pin (CaptureConfig's fields that do not
+#: name one run).
+CAPTURE_KEYS = SET_FIELDS
 #: Capture parameters a run (a deployment, or ``--device`` / ``--dtype``) may set.
-RUN_CAPTURE_KEYS = ("device", "dtype")
+RUN_CAPTURE_KEYS = RUN_PARAMS
 SET_KEYS = ("name", "description", "engine", "calibration", "capture_deadline_seconds",
             "score_deadline_seconds")
 #: Deadline terms (seconds) when a set gives none: a stage may take STARTUP_SECONDS to
@@ -79,7 +81,7 @@ class CalibrationSet:
             if value is not None and not isinstance(value, (str, int, float, bool)):
                 raise WorkspaceError(expected(f"calibration set {self.name}: {key}",
                                               "a number, a string or null", repr(value)))
-        try:  # CaptureConfig validates every value it is given
+        try:  # CaptureConfig validates every value, completed with its defaults
             CaptureConfig(model="-", out="-", **params)
         except CaptureError as err:
             raise WorkspaceError(f"calibration set {self.name}: {err}") from None
@@ -104,10 +106,14 @@ class CalibrationSet:
         """The capture parameters this set pins (and only those)."""
         return dict(self.capture)
 
+    def completed_params(self) -> dict:
+        """Every capture parameter a set may pin: the set's value, else the capture default."""
+        defaults = {key: CAPTURE_DEFAULTS[key] for key in CAPTURE_KEYS if key in CAPTURE_DEFAULTS}
+        return {**defaults, **self.capture_params()}
+
     def param(self, key: str):
-        """A capture parameter: the set's value, else CaptureConfig's default."""
-        params = self.capture_params()
-        return params[key] if key in params else CaptureConfig.__dataclass_fields__[key].default
+        """A capture parameter: the set's value, else the capture default."""
+        return self.completed_params()[key]
 
     @property
     def fingerprint(self) -> str:

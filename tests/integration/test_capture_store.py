@@ -295,3 +295,24 @@ def test_extending_the_limit_adds_each_new_trace_once(tiny, tmp_path):
     assert main(capture_args(tiny, prompts, out, "--part-size", "2", "--limit", "6")) == 0
     assert _trace_counts(out) == {f"llama:q{i}:0": 1 for i in range(6)}
     assert main(["store", "verify", str(out)]) == 0
+
+
+def test_notes_go_to_the_log_callback_and_by_default_to_stderr(tiny, tmp_path, capsys):
+    prompts = write_prompts(tmp_path / "p.jsonl", TEXTS[:2])
+    out = tmp_path / "store"
+
+    def config(shard: str) -> CaptureConfig:
+        return CaptureConfig(model=str(tiny), prompts=str(prompts), out=str(out), samples=2,
+                             temperature=0, max_new_tokens=4, top_k_neurons=20, row_size=4,
+                             part_size=1, shard=shard, progress=False)
+
+    lines: list[str] = []
+    first = run_capture(config("0/2"), log=lines.append)
+    assert lines == [
+        "nex: note: --temperature 0 is greedy: every sample of a prompt is the same",
+        "nex: note: 1 parts of other shards are not complete yet; the store is finalized by "
+        "the last shard to finish (or `nex store finalize`)"]
+    assert not first.finalized and "nex:" not in capsys.readouterr().err
+    last = run_capture(config("1/2"))
+    assert last.finalized
+    assert capsys.readouterr().err.splitlines() == lines[:1]

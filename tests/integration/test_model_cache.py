@@ -59,13 +59,14 @@ def test_second_load_uses_the_cache_and_gives_identical_logits(tmp_path, monkeyp
 def _save_in_child(source: str, target: str, queue) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pipelines.capture.models import ModelSpec, _save_converted
+    from pipelines.capture.model_cache import save_converted
+    from pipelines.capture.models import ModelSpec
 
     torch.set_num_threads(1)
     model = AutoModelForCausalLM.from_pretrained(source)
     tokenizer = AutoTokenizer.from_pretrained(source)
     spec = ModelSpec("tiny", source, "tiny.gguf", "test")
-    queue.put(_save_converted(model, tokenizer, Path(target), spec, "float32"))
+    queue.put(save_converted(model, tokenizer, Path(target), spec, "float32"))
 
 
 def test_two_processes_writing_one_entry_leave_one_complete_copy(tmp_path):

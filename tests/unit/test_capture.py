@@ -118,7 +118,7 @@ def test_hooks_equal_dense_recomputation(tiny_models, arch):
                          row_size=8)[0]
     _check_rows(forced.rows, reference)                        # teacher-forced pass
     assert forced.rows.row_tokens.tolist() == [8, 8, 8, 8, 5]
-    assert forced.rows.nan_activations == 0
+    assert forced.nan_activations == 0
 
 
 def test_layer_subset_keys(tiny_models):
@@ -265,7 +265,7 @@ def test_nan_activations_are_sanitised_and_counted(tmp_path):
     response = _ids(tok, "so the answer is four apples and two pears")
     forced = force_batch(model, [prompt], [response], pad_id=0, sites=mlp_sites(model),
                          top_k_neurons=30, row_size=4)[0]
-    assert forced.rows.nan_activations == len(response)
+    assert forced.nan_activations == len(response)
     assert np.isfinite(forced.rows.masses).all() and forced.rows.masses.size
     assert ((1 << 16) | 5) not in forced.rows.keys.tolist()
 
