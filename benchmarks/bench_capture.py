@@ -25,6 +25,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _generate import generate_tokens  # noqa: E402
 
 
 def _dir_bytes(path: Path) -> int:
@@ -78,20 +81,10 @@ def main() -> None:
             yield start, prompt_ids[start:start + args.batch_size]
 
     def plain_generate() -> int:
-        from pipelines.capture.engine import left_pad
-
         torch.manual_seed(args.seed)
-        tokens = 0
-        for _, batch in batches():
-            ids, mask = left_pad(batch, pad_id, model.device)
-            with torch.no_grad():
-                out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True,
-                                     temperature=args.temperature, top_p=args.top_p, top_k=0,
-                                     max_new_tokens=args.max_new_tokens, eos_token_id=stops,
-                                     pad_token_id=pad_id)
-            for row in out[:, ids.shape[1]:].tolist():
-                tokens += next((i for i, tok in enumerate(row) if tok in stops), len(row))
-        return tokens
+        return generate_tokens(model, prompt_ids, batch=args.batch_size, pad_id=pad_id,
+                               stops=stops, temperature=args.temperature, top_p=args.top_p,
+                               max_new_tokens=args.max_new_tokens)
 
     def seeded(sites) -> int:
         tokens = 0

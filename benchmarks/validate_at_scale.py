@@ -41,6 +41,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _generate import generate_tokens  # noqa: E402
 
 from nex_transforms import NexError  # noqa: E402
 
@@ -231,16 +234,9 @@ def plain_generate(model, tokenizer, prompt_rows: list[dict], args) -> dict | No
     torch.manual_seed(args.seed)
     _sync(args.device)
     started = time.perf_counter()
-    tokens = 0
-    for start in range(0, len(sequences), args.batch):
-        ids, mask = left_pad(sequences[start:start + args.batch], pad_id, device)
-        with torch.no_grad():
-            out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True,
-                                 temperature=args.temperature, top_p=args.top_p, top_k=0,
-                                 max_new_tokens=args.max_new_tokens, eos_token_id=stops,
-                                 pad_token_id=pad_id)
-        for row in out[:, ids.shape[1]:].tolist():
-            tokens += next((i for i, tok in enumerate(row) if tok in stops), len(row))
+    tokens = generate_tokens(model, sequences, batch=args.batch, pad_id=pad_id, stops=stops,
+                             temperature=args.temperature, top_p=args.top_p,
+                             max_new_tokens=args.max_new_tokens)
     _sync(args.device)
     seconds = time.perf_counter() - started
     return {"sequences": len(sequences), "prompts": chosen, "tokens": tokens, "seconds": seconds,
