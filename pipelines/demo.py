@@ -34,6 +34,8 @@ import numpy as np
 
 from nex_transforms import NexParams, accumulate, learn_weights, score_corpus
 
+from .capture import CaptureConfig, run_capture, summary_dict
+from .capture.models import resolve_model
 from .crashsafe import atomic_write_json
 from .engines import run_engine
 from .engines.plan import ScoreConfig
@@ -44,6 +46,7 @@ from .rows_cache import read_rows_cache
 from .store import ActivationStore
 from .store.verify import verify_store
 from .testing.corpora import SyntheticSpec, synthetic_corpus
+from .workspace import Checkpoint, Workspace, content_hash, format_ranking, load_calibration_set
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / \
     "nex-reference-example"
@@ -59,8 +62,6 @@ def _warn(tables: Path, store: Path) -> None:
 def capture_stage(out: Path, args: argparse.Namespace) -> Path:
     """Capture the shipped model's answers (``nex capture``), then check every invariant
     of the store (``nex store verify``)."""
-    from .capture import CaptureConfig, run_capture, summary_dict
-
     store = out / "store"
     print(f"$ nex capture --model {args.model} --prompts {args.prompts} --limit {args.limit} "
           f"--samples {args.samples} --max-new-tokens {args.max_new_tokens} --seed {args.seed} "
@@ -118,10 +119,6 @@ def flows_stage(out: Path, args: argparse.Namespace) -> dict:
     package sits above pipelines, so it is loaded by name."""
     import importlib
     from dataclasses import asdict
-
-    from .capture.models import resolve_model
-    from .workspace import (Checkpoint, Workspace, content_hash, format_ranking,
-                            load_calibration_set)
 
     # a temporary Prefect server on a busy 2-core machine can take longer than Prefect's 20 s
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
