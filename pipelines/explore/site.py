@@ -290,6 +290,8 @@ def _write_pages(root: Path, inputs: ExploreInputs, models: list, neurons: list,
                  contexts: list, details: dict, reasons: dict, table_positions: dict,
                  grades: dict, detokenizers: dict, trace_model: dict, seed: int,
                  per_sign: int) -> dict:
+    """Write every page of the site under ``root`` (responses, neurons, models, index);
+    returns the site summary's counts and page paths."""
     links = render.Links(
         responses={t: f"responses/{slug_id(t)}.html" for t in details},
         neurons={(n["model_id"], int(n["key"])): f"neurons/{slug_id(n['model_id'])}/"
@@ -315,7 +317,20 @@ def _write_pages(root: Path, inputs: ExploreInputs, models: list, neurons: list,
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(render.page(f"{render.neuron_name(n['key'])} of {n['model_id']} · "
                                     "NEX explorer", body))
-    # models
+    index_models = _write_model_pages(root, inputs, models, neurons, details,
+                                      table_positions, grades, trace_model, seed, links)
+    _write_index(root, inputs, index_models, links)
+    return {"models": models, "response_pages": len(details), "neuron_pages": len(neurons),
+            "context_rows": len(contexts),
+            "pages": {"responses": sorted(links.responses.values()),
+                      "neurons": sorted(links.neurons.values()),
+                      "models": sorted(links.models.values())}}
+
+
+def _write_model_pages(root: Path, inputs: ExploreInputs, models: list, neurons: list,
+                       details: dict, table_positions: dict, grades: dict, trace_model: dict,
+                       seed: int, links: render.Links) -> list:
+    """Write each model's page; returns the index page's row of each model."""
     coverage = {c["model_id"]: c for c in tables_coverage(inputs.tables, inputs.store)}
     model_rows = {m["model_id"]: m for m in inputs.models}
     gmf_all = inputs.responses.select(["model_id", "gmf"]).to_pydict()
@@ -343,6 +358,12 @@ def _write_pages(root: Path, inputs: ExploreInputs, models: list, neurons: list,
             render.page(f"{model} · NEX explorer", body, render.TABLE_SCRIPT))
         index_models.append({**row, "pages": n_pages,
                              "neuron_pages": sum(1 for n in neurons if n["model_id"] == key)})
+    return index_models
+
+
+def _write_index(root: Path, inputs: ExploreInputs, index_models: list,
+                 links: render.Links) -> None:
+    """Write the front page: where the site comes from and one row per model."""
     def where(location: str) -> str:  # the folder's name; the whole path on hover
         name = location.rstrip("/").rsplit("/", 1)[-1] or location
         return f'<span title="{render.esc(location)}">{render.esc(name)}</span>'
@@ -354,11 +375,6 @@ def _write_pages(root: Path, inputs: ExploreInputs, models: list, neurons: list,
               ("scored", render.esc(str(inputs.run.get("created_at", ""))[:19]))]
     (root / "index.html").write_text(render.page("NEX explorer", render.index_body(
         source, index_models, links)))
-    return {"models": models, "response_pages": len(details), "neuron_pages": len(neurons),
-            "context_rows": len(contexts),
-            "pages": {"responses": sorted(links.responses.values()),
-                      "neurons": sorted(links.neurons.values()),
-                      "models": sorted(links.models.values())}}
 
 
 # --------------------------------------------------------------------------- notebooks
