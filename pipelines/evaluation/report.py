@@ -73,7 +73,8 @@ def _make_plots(result: dict, folder: Path) -> dict[str, list[tuple[str, str]]]:
     return made
 
 
-def _markdown(result: dict, made: dict) -> str:
+def _header(result: dict) -> list[str]:
+    """Title, where the numbers come from, and every model's coverage and regime warning."""
     lines = ["# NEX evaluation report", ""]
     lines += ["Made by `nex eval` from: " + ", ".join(f"`{s['tables']}`" for s in result["sources"])
               + f". Bootstrap: {result['n_boot']} resamples of prompts, seed {result['seed']}; "
@@ -82,10 +83,15 @@ def _markdown(result: dict, made: dict) -> str:
                 for w in (e["coverage"]["warning"], e["coverage"].get("regime_warning")) if w]
     if warnings:
         lines += ["## Warnings", ""] + [f"* **{w}**" for w in warnings] + [""]
-    lines += ["## Data", "",
-              "| model | prompts (evaluated) | samples | responses | graded | labelled | "
-              "no answer (counted wrong) | no reference (left out) | correct | accuracy |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    return lines
+
+
+def _data_section(result: dict) -> list[str]:
+    """Per model: prompts, samples, responses, grading counts and accuracy."""
+    lines = ["## Data", "",
+             "| model | prompts (evaluated) | samples | responses | graded | labelled | "
+             "no answer (counted wrong) | no reference (left out) | correct | accuracy |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for model, entry in result["models"].items():
         d = entry["data"]
         samples = (str(d["samples_min"]) if d["samples_min"] == d["samples_max"]
@@ -94,26 +100,36 @@ def _markdown(result: dict, made: dict) -> str:
                      f"{d['n_responses']} | {d['n_graded']} | {d['n_labelled']} | "
                      f"{d['n_no_answer']} | {d['n_no_reference']} | {d['n_correct']} | "
                      f"{_fmt(entry['accuracy'])} |")
-    lines += ["", "### Can NEX mean anything here? (responses able to carry credit)", "",
-              "| model | responses | fewer than 3 rows (skipped) | fewer than 2 cycles | "
-              "can carry credit | credited cycles | median tokens | median rows | row size |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    return lines
+
+
+def _coverage_section(result: dict) -> list[str]:
+    """Per model: how many responses are long enough and cycled enough to carry credit."""
+    lines = ["", "### Can NEX mean anything here? (responses able to carry credit)", "",
+             "| model | responses | fewer than 3 rows (skipped) | fewer than 2 cycles | "
+             "can carry credit | credited cycles | median tokens | median rows | row size |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for model, entry in result["models"].items():
         c = entry["coverage"]
         lines.append(f"| {model} | {c['n_responses']} | {c['n_skipped_too_few_rows']} | "
                      f"{c['n_fewer_than_2_cycles']} | {c['n_can_carry_credit']} | "
                      f"{c['n_credited_cycles']} | {_fmt(c['median_response_tokens'], 0)} | "
                      f"{_fmt(c['median_rows'], 0)} | {_fmt(c['row_size'])} |")
-    lines += ["", "### Is the capture in the method's regime?", "",
-              "NEX reads exploration from neurons a response uses for the first time: late "
-              "rows should still bring new ones (late novelty: the share of the entries of a "
-              "response's last fifth of rows whose neuron no earlier row used) out of a pool "
-              "far larger than a response uses (pool coverage: distinct neurons of a response "
-              "over the neurons hooked). Medians over scored responses; the published "
-              f"example's values for comparison. Warned below {MIN_LATE_NOVELTY} late novelty "
-              f"or above {MAX_POOL_COVERAGE:.0%} pool coverage (heuristics).", "",
-              "| model | rows per response (median) | late novelty | pool coverage | "
-              "can carry credit |", "| --- | --- | --- | --- | --- |"]
+    return lines
+
+
+def _regime_section(result: dict) -> list[str]:
+    """Per model: late novelty and pool coverage beside the published example's values."""
+    lines = ["", "### Is the capture in the method's regime?", "",
+             "NEX reads exploration from neurons a response uses for the first time: late "
+             "rows should still bring new ones (late novelty: the share of the entries of a "
+             "response's last fifth of rows whose neuron no earlier row used) out of a pool "
+             "far larger than a response uses (pool coverage: distinct neurons of a response "
+             "over the neurons hooked). Medians over scored responses; the published "
+             f"example's values for comparison. Warned below {MIN_LATE_NOVELTY} late novelty "
+             f"or above {MAX_POOL_COVERAGE:.0%} pool coverage (heuristics).", "",
+             "| model | rows per response (median) | late novelty | pool coverage | "
+             "can carry credit |", "| --- | --- | --- | --- | --- |"]
     for model, entry in result["models"].items():
         c = entry["coverage"]
         lines.append(f"| {model} | {_fmt(c['median_rows'], 0)} | "
@@ -124,82 +140,116 @@ def _markdown(result: dict, made: dict) -> str:
                  f"{ref['late_novelty']:.4f} | {_percent(ref['pool_coverage'])} | "
                  f"{ref['n_can_carry_credit']} of {ref['n_responses']} |")
     lines.append("")
-    for model, entry in result["models"].items():
-        lines += [f"## {model}", ""]
-        if entry["best_of_n"]:
-            n_values = next(iter(entry["best_of_n"].values()))["n"]
-            shown = sorted({n_values[0], *[n for n in (2, 4, 8, 16, 32) if n in n_values],
-                            n_values[-1]})
-            lines += ["### Best-of-N accuracy (95% CI)", "",
-                      "| selector | " + " | ".join(f"N={n}" for n in shown) + " |",
-                      "| --- |" + " --- |" * len(shown)]
-            for name, series in entry["best_of_n"].items():
-                cells = []
-                for n in shown:
-                    i = series["n"].index(n)
-                    cells.append(f"{_fmt(series['accuracy'][i])} "
-                                 f"[{_fmt(series['ci_low'][i])}, {_fmt(series['ci_high'][i])}]")
-                lines.append(f"| {name} | " + " | ".join(cells) + " |")
-            lines.append("")
-        if entry["auroc"]:
-            lines += ["### AUROC (correct vs incorrect, 95% CI)", "",
-                      "| score | AUROC | CI | correct | incorrect |", "| --- | --- | --- | --- | --- |"]
-            for name, a in entry["auroc"].items():
-                lines.append(f"| {name} | {_fmt(a['auroc'])} | [{_fmt(a['ci_low'])}, "
-                             f"{_fmt(a['ci_high'])}] | {a['n_correct']} | {a['n_incorrect']} |")
-            lines.append("")
-        lines += ["### Inverted-U: accuracy per bin of an exploration proxy", ""]
-        for key, label in (("e_row_fraction", "E-row fraction"), ("mean_entropy", "mean entropy")):
-            bins = entry["inverted_u"][key]
-            if not bins:
-                lines += [f"{label}: no data.", ""]
-                continue
-            lines += [f"| {label} bin | mean | responses | accuracy |", "| --- | --- | --- | --- |"]
-            for b in bins:
-                lines.append(f"| [{_fmt(b['low'])}, {_fmt(b['high'])}] | {_fmt(b['mean_proxy'])} | "
-                             f"{b['count']} | {_fmt(b['accuracy'])} |")
-            lines.append("")
-        for caption, rel in made.get(model, []):
-            lines += [f"![{caption}]({rel})", ""]
+    return lines
+
+
+def _best_of_n_table(best_of_n: dict) -> list[str]:
+    """Each selector's best-of-N accuracy with its interval, at a few N."""
+    n_values = next(iter(best_of_n.values()))["n"]
+    shown = sorted({n_values[0], *[n for n in (2, 4, 8, 16, 32) if n in n_values],
+                    n_values[-1]})
+    lines = ["### Best-of-N accuracy (95% CI)", "",
+             "| selector | " + " | ".join(f"N={n}" for n in shown) + " |",
+             "| --- |" + " --- |" * len(shown)]
+    for name, series in best_of_n.items():
+        cells = []
+        for n in shown:
+            i = series["n"].index(n)
+            cells.append(f"{_fmt(series['accuracy'][i])} "
+                         f"[{_fmt(series['ci_low'][i])}, {_fmt(series['ci_high'][i])}]")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("")
+    return lines
+
+
+def _auroc_table(auroc: dict) -> list[str]:
+    """Each score's AUROC for telling correct from incorrect responses."""
+    lines = ["### AUROC (correct vs incorrect, 95% CI)", "",
+             "| score | AUROC | CI | correct | incorrect |", "| --- | --- | --- | --- | --- |"]
+    for name, a in auroc.items():
+        lines.append(f"| {name} | {_fmt(a['auroc'])} | [{_fmt(a['ci_low'])}, "
+                     f"{_fmt(a['ci_high'])}] | {a['n_correct']} | {a['n_incorrect']} |")
+    lines.append("")
+    return lines
+
+
+def _inverted_u_tables(inverted_u: dict) -> list[str]:
+    """Accuracy per bin of each exploration proxy."""
+    lines = ["### Inverted-U: accuracy per bin of an exploration proxy", ""]
+    for key, label in (("e_row_fraction", "E-row fraction"), ("mean_entropy", "mean entropy")):
+        bins = inverted_u[key]
+        if not bins:
+            lines += [f"{label}: no data.", ""]
+            continue
+        lines += [f"| {label} bin | mean | responses | accuracy |", "| --- | --- | --- | --- |"]
+        for b in bins:
+            lines.append(f"| [{_fmt(b['low'])}, {_fmt(b['high'])}] | {_fmt(b['mean_proxy'])} | "
+                         f"{b['count']} | {_fmt(b['accuracy'])} |")
+        lines.append("")
+    return lines
+
+
+def _model_section(model: str, entry: dict, made: dict) -> list[str]:
+    """One model's own section: best-of-N, AUROC, inverted-U and its plots."""
+    lines = [f"## {model}", ""]
+    if entry["best_of_n"]:
+        lines += _best_of_n_table(entry["best_of_n"])
+    if entry["auroc"]:
+        lines += _auroc_table(entry["auroc"])
+    lines += _inverted_u_tables(entry["inverted_u"])
+    for caption, rel in made.get(model, []):
+        lines += [f"![{caption}]({rel})", ""]
+    return lines
+
+
+def _across_ranking(across: dict, made: dict) -> list[str]:
+    """The models compared on their shared prompts: counts, model-level scores, and how
+    well each score ranks the models by accuracy."""
+    samples = (str(across["samples_min"]) if across["samples_min"] == across["samples_max"]
+               else f"{across['samples_min']}-{across['samples_max']}")
+    lines = [f"Computed on the {len(across['shared_prompts'])} prompts every model has "
+             f"(by prompt id, each with a reference answer), {samples} samples per prompt "
+             "(on each prompt the smallest number any model has, each model's lowest "
+             "sample indices). Model-level NEX is the mean GMF and each baseline the mean "
+             "of its response values over exactly these responses; each model's GMFs come "
+             "from its own tables (weights learned on all its responses). The per-model "
+             "sections above use all of each model's prompts.", ""]
+    if across["note"]:
+        lines += [f"**{across['note']}**", ""]
+    lines += ["| model | prompts used / all | responses used / all | prompts left out | "
+              "responses left out | accuracy | "
+              + " | ".join(MODEL_SCORE_HEADERS.get(n, n) for n in across["model_scores"])
+              + " |",
+              "| --- |" + " --- |" * (5 + len(across["model_scores"]))]
+    for k, model in enumerate(across["models"]):
+        c = across["counts"][model]
+        scores = " | ".join(_fmt(v[k], 5 if name == "NEX" else 3)
+                            for name, v in across["model_scores"].items())
+        lines.append(f"| {model} | {c['n_prompts_used']} / {c['n_prompts']} | "
+                     f"{c['n_responses_used']} / {c['n_responses']} | "
+                     f"{c['n_prompts_left_out']} | {c['n_responses_left_out']} | "
+                     f"{_fmt(across['accuracy'][k])} | {scores} |")
+    lines += ["", "| score | Spearman | Kendall | top-ranked model | most accurate? |",
+              "| --- | --- | --- | --- | --- |"]
+    for name, s in across["scores"].items():
+        lines.append(f"| {name} | {_fmt(s['spearman'])} | {_fmt(s['kendall'])} | "
+                     f"{s['top_ranked']} | {_fmt(s['top_ranked_is_most_accurate'])} |")
+    lines.append("")
+    for caption, rel in made.get("__across__", []):
+        lines += [f"![{caption}]({rel})", ""]
+    return lines
+
+
+def _across_section(result: dict, made: dict) -> list[str]:
+    """The across-model ranking (or why there is none), then each model's own numbers."""
     across = result["across_models"]
-    lines += ["## Across models", ""]
+    lines = ["## Across models", ""]
     if not across:
         lines += ["Fewer than two gradable models: no ranking of models.", ""]
     elif across["message"]:
         lines += [f"**{across['message']}**", ""]
     else:
-        samples = (str(across["samples_min"]) if across["samples_min"] == across["samples_max"]
-                   else f"{across['samples_min']}-{across['samples_max']}")
-        lines += [f"Computed on the {len(across['shared_prompts'])} prompts every model has "
-                  f"(by prompt id, each with a reference answer), {samples} samples per prompt "
-                  "(on each prompt the smallest number any model has, each model's lowest "
-                  "sample indices). Model-level NEX is the mean GMF and each baseline the mean "
-                  "of its response values over exactly these responses; each model's GMFs come "
-                  "from its own tables (weights learned on all its responses). The per-model "
-                  "sections above use all of each model's prompts.", ""]
-        if across["note"]:
-            lines += [f"**{across['note']}**", ""]
-        lines += ["| model | prompts used / all | responses used / all | prompts left out | "
-                  "responses left out | accuracy | "
-                  + " | ".join(MODEL_SCORE_HEADERS.get(n, n) for n in across["model_scores"])
-                  + " |",
-                  "| --- |" + " --- |" * (5 + len(across["model_scores"]))]
-        for k, model in enumerate(across["models"]):
-            c = across["counts"][model]
-            scores = " | ".join(_fmt(v[k], 5 if name == "NEX" else 3)
-                                for name, v in across["model_scores"].items())
-            lines.append(f"| {model} | {c['n_prompts_used']} / {c['n_prompts']} | "
-                         f"{c['n_responses_used']} / {c['n_responses']} | "
-                         f"{c['n_prompts_left_out']} | {c['n_responses_left_out']} | "
-                         f"{_fmt(across['accuracy'][k])} | {scores} |")
-        lines += ["", "| score | Spearman | Kendall | top-ranked model | most accurate? |",
-                  "| --- | --- | --- | --- | --- |"]
-        for name, s in across["scores"].items():
-            lines.append(f"| {name} | {_fmt(s['spearman'])} | {_fmt(s['kendall'])} | "
-                         f"{s['top_ranked']} | {_fmt(s['top_ranked_is_most_accurate'])} |")
-        lines.append("")
-        for caption, rel in made.get("__across__", []):
-            lines += [f"![{caption}]({rel})", ""]
+        lines += _across_ranking(across, made)
     lines += ["Each model's own tables, all of its prompts (NEX and the baselines from its "
               "models table):", ""]
     lines += ["| model | accuracy | NEX | log-gap | mean entropy | self-certainty | log-prob | "
@@ -211,6 +261,16 @@ def _markdown(result: dict, made: dict) -> str:
                      f"{_fmt(m['deepconf_mean_confidence'])} | "
                      f"{_fmt(m['deepconf_lowest_group_confidence'])} |")
     lines.append("")
+    return lines
+
+
+def _markdown(result: dict, made: dict) -> str:
+    """The report as Markdown, one section after another (``made``: each section's plots)."""
+    lines = _header(result) + _data_section(result) + _coverage_section(result)
+    lines += _regime_section(result)
+    for model, entry in result["models"].items():
+        lines += _model_section(model, entry, made)
+    lines += _across_section(result, made)
     return "\n".join(lines)
 
 

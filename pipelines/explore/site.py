@@ -108,6 +108,14 @@ def _pages_for_contexts(contexts: list, trace_model: dict, limit: int, have: set
     return chosen
 
 
+def _prompt_texts_of(prompts: str | None, inputs: ExploreInputs, responses: dict,
+                     traces: set):
+    """The prompt texts of the responses ``traces`` (from ``prompts`` or the store)."""
+    rows = [{"trace_id": t, "prompt_id": p} for t, p in
+            zip(responses["trace_id"], responses["prompt_id"]) if t in traces]
+    return load_prompt_texts(prompts, ActivationStore.open(inputs.store), rows)
+
+
 def _context_rows(contexts: list, store_path: str, detokenizers: dict, trace_model: dict) -> dict:
     """``(calibration key, key) -> context rows`` with the text before, the row's token
     pieces and the text after."""
@@ -163,6 +171,29 @@ def _response_rows(inputs: ExploreInputs, positions, grades: dict) -> list:
     return table
 
 
+def _check_counts(**counts: int) -> None:
+    """Refuse a count option that is not an integer of at least its least value
+    (``--table-rows`` and ``--contexts`` 1, ``--context-pages`` 0)."""
+    least_of = {"table_rows": 1, "context_pages": 0, "contexts": 1}
+    for key, value in counts.items():
+        name, least = "--" + key.replace("_", "-"), least_of[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ExploreError(f"{name}: expected an integer >= {least}, got {value!r}")
+
+
+def _neuron_contexts(inputs: ExploreInputs, neurons: list, per_neuron: int, engine: str,
+                     engine_options: dict | None, staging: Path) -> tuple[dict, list]:
+    """Run the neuron-contexts job of the chosen neurons on ``engine`` into ``staging``;
+    returns the job's summary and the contexts table's rows."""
+    job = ContextsJob(store=inputs.store, neurons=tuple((n["model_id"], int(n["key"]))
+                                                        for n in neurons),
+                      per_model=inputs.per_model, per_neuron=per_neuron,
+                      batch_entries=int(inputs.run.get("batch_entries") or 1 << 20))
+    contexts_info = run_contexts(engine, job, staging, engine_options,
+                                 expected_fingerprint=inputs.fingerprint)
+    return contexts_info, read_table(staging, "neuron_contexts").to_pylist()
+
+
 def write_site(tables, out, *, store: str | None = None, engine: str = "local",
                engine_options: dict | None = None,
                neurons_per_sign: int = DEFAULT_NEURONS_PER_SIGN,
@@ -182,10 +213,7 @@ def write_site(tables, out, *, store: str | None = None, engine: str = "local",
     """
     out = Path(out).absolute()
     _check_out(out)
-    for name, value, least in (("--table-rows", table_rows, 1), ("--context-pages",
-                               context_pages, 0), ("--contexts", per_neuron, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise ExploreError(f"{name}: expected an integer >= {least}, got {value!r}")
+    _check_counts(table_rows=table_rows, context_pages=context_pages, contexts=per_neuron)
     inputs = open_inputs(tables, store)
     if traces:
         reasons = {t: ["asked for"] for t in check_trace_ids(inputs.responses, traces,
@@ -193,9 +221,7 @@ def write_site(tables, out, *, store: str | None = None, engine: str = "local",
     else:
         reasons = select_responses(inputs.responses, top, bottom, random, seed)
     neurons = select_neurons(inputs.neurons, neurons_per_sign)
-    label_map = None
-    if labels is not None:
-        label_map = read_labels(labels)
+    label_map = None if labels is None else read_labels(labels)
     responses = inputs.responses.select(["trace_id", "prompt_id", "model_id"]).to_pydict()
     trace_model = dict(zip(responses["trace_id"], responses["model_id"]))
     models = sorted(set(responses["model_id"]))
@@ -204,25 +230,16 @@ def write_site(tables, out, *, store: str | None = None, engine: str = "local",
     staging = out.parent / f".{out.name}.staging-{uuid.uuid4().hex[:12]}"
     staging.mkdir()
     try:
-        job = ContextsJob(store=inputs.store, neurons=tuple((n["model_id"], int(n["key"]))
-                                                            for n in neurons),
-                          per_model=inputs.per_model, per_neuron=per_neuron,
-                          batch_entries=int(inputs.run.get("batch_entries") or 1 << 20))
-        contexts_info = run_contexts(engine, job, staging, engine_options,
-                                     expected_fingerprint=inputs.fingerprint)
-        contexts = read_table(staging, "neuron_contexts").to_pylist()
-        extra = _pages_for_contexts(contexts, trace_model, context_pages, set(reasons))
-        for trace in sorted(extra):
+        contexts_info, contexts = _neuron_contexts(inputs, neurons, per_neuron, engine,
+                                                   engine_options, staging)
+        for trace in sorted(_pages_for_contexts(contexts, trace_model, context_pages,
+                                                set(reasons))):
             reasons.setdefault(trace, []).append("top context")
         page_traces = sorted(reasons)
-        prompt_rows = [{"trace_id": t, "prompt_id": p} for t, p in
-                       zip(responses["trace_id"], responses["prompt_id"]) if t in reasons]
-        prompt_texts = load_prompt_texts(prompts, ActivationStore.open(inputs.store),
-                                         prompt_rows)
-        table_positions = {}
-        for model in models:
-            table_positions[model] = sample_table_rows(inputs.responses, model, table_rows,
-                                                       set(page_traces), seed)
+        prompt_texts = _prompt_texts_of(prompts, inputs, responses, set(reasons))
+        table_positions = {model: sample_table_rows(inputs.responses, model, table_rows,
+                                                    set(page_traces), seed)
+                           for model in models}
         shown = sorted({responses["trace_id"][i] for positions, _ in table_positions.values()
                         for i in positions} | set(page_traces))
         grades = _grades(inputs, shown, label_map)
@@ -273,6 +290,8 @@ def _write_pages(root: Path, inputs: ExploreInputs, models: list, neurons: list,
                  contexts: list, details: dict, reasons: dict, table_positions: dict,
                  grades: dict, detokenizers: dict, trace_model: dict, seed: int,
                  per_sign: int) -> dict:
+    """Write every page of the site under ``root`` (responses, neurons, models, index);
+    returns the site summary's counts and page paths."""
     links = render.Links(
         responses={t: f"responses/{slug_id(t)}.html" for t in details},
         neurons={(n["model_id"], int(n["key"])): f"neurons/{slug_id(n['model_id'])}/"
@@ -298,7 +317,20 @@ def _write_pages(root: Path, inputs: ExploreInputs, models: list, neurons: list,
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(render.page(f"{render.neuron_name(n['key'])} of {n['model_id']} · "
                                     "NEX explorer", body))
-    # models
+    index_models = _write_model_pages(root, inputs, models, neurons, details,
+                                      table_positions, grades, trace_model, seed, links)
+    _write_index(root, inputs, index_models, links)
+    return {"models": models, "response_pages": len(details), "neuron_pages": len(neurons),
+            "context_rows": len(contexts),
+            "pages": {"responses": sorted(links.responses.values()),
+                      "neurons": sorted(links.neurons.values()),
+                      "models": sorted(links.models.values())}}
+
+
+def _write_model_pages(root: Path, inputs: ExploreInputs, models: list, neurons: list,
+                       details: dict, table_positions: dict, grades: dict, trace_model: dict,
+                       seed: int, links: render.Links) -> list:
+    """Write each model's page; returns the index page's row of each model."""
     coverage = {c["model_id"]: c for c in tables_coverage(inputs.tables, inputs.store)}
     model_rows = {m["model_id"]: m for m in inputs.models}
     gmf_all = inputs.responses.select(["model_id", "gmf"]).to_pydict()
@@ -326,6 +358,12 @@ def _write_pages(root: Path, inputs: ExploreInputs, models: list, neurons: list,
             render.page(f"{model} · NEX explorer", body, render.TABLE_SCRIPT))
         index_models.append({**row, "pages": n_pages,
                              "neuron_pages": sum(1 for n in neurons if n["model_id"] == key)})
+    return index_models
+
+
+def _write_index(root: Path, inputs: ExploreInputs, index_models: list,
+                 links: render.Links) -> None:
+    """Write the front page: where the site comes from and one row per model."""
     def where(location: str) -> str:  # the folder's name; the whole path on hover
         name = location.rstrip("/").rsplit("/", 1)[-1] or location
         return f'<span title="{render.esc(location)}">{render.esc(name)}</span>'
@@ -337,11 +375,6 @@ def _write_pages(root: Path, inputs: ExploreInputs, models: list, neurons: list,
               ("scored", render.esc(str(inputs.run.get("created_at", ""))[:19]))]
     (root / "index.html").write_text(render.page("NEX explorer", render.index_body(
         source, index_models, links)))
-    return {"models": models, "response_pages": len(details), "neuron_pages": len(neurons),
-            "context_rows": len(contexts),
-            "pages": {"responses": sorted(links.responses.values()),
-                      "neurons": sorted(links.neurons.values()),
-                      "models": sorted(links.models.values())}}
 
 
 # --------------------------------------------------------------------------- notebooks

@@ -118,11 +118,94 @@ def _score(store: Path, tables: Path, log) -> None:
         log(f"nex: warning: {warning}")
 
 
+def _write_inputs(preset: Preset, out: Path) -> dict[str, Path]:
+    """The held-out and transfer prompt sets (disjoint from the training stream and from
+    each other) and the family file; returns the family's model folders."""
+    import yaml
+
+    exclude = {p.question for p in training_problems(preset)}
+    heldout = heldout_problems(preset, exclude=exclude)
+    write_prompts(heldout, out / "heldout.jsonl")
+    transfer_set = heldout_problems(preset, seed=preset.transfer_heldout_seed,
+                                    n=preset.n_transfer_prompts,
+                                    exclude=exclude | {p.question for p in heldout})
+    write_prompts(transfer_set, out / "transfer-prompts.jsonl")
+    (out / "family.yaml").write_text(yaml.safe_dump(family_spec(preset), sort_keys=False))
+    return variants_of(out, preset)
+
+
+def _merge_stage(out: Path, log) -> None:
+    """Merge the family's variants (``nex merge``) under ``out/merges``."""
+    from .merge import merge_family
+
+    merge_family(out / "family.yaml", out / "merges", log=log)
+
+
+def _capture_stage(preset: Preset, out: Path, models: dict[str, Path]) -> None:
+    """Sample and capture every variant's responses to the held-out prompts."""
+    for model_id, folder in models.items():
+        _capture(folder, model_id, out / "heldout.jsonl", out / "stores" / model_id, preset,
+                 samples=preset.samples, max_new_tokens=preset.max_new_tokens,
+                 temperature=preset.temperature, top_p=1.0, seed=0)
+
+
+def _transfer_stage(preset: Preset, out: Path, models: dict[str, Path], summary: dict,
+                    bootstrap: int, log) -> None:
+    """Transfer the donor's weighted neurons into the recipient and grade both on the
+    transfer prompts; when the donor lacks positive or negative weights, record why the
+    stage was skipped in ``summary`` instead of failing the run."""
+    donor, recipient = transfer_roles(preset)
+    neurons = read_table(str(out / "tables" / donor), "neurons").to_pydict()
+    positive = sum(1 for w in neurons["weight"] if w > 0)
+    negative = sum(1 for w in neurons["weight"] if w < 0)
+    if positive and negative:
+        items = load_prompt_file(out / "transfer-prompts.jsonl")
+        run_transfer(models[donor], models[recipient], str(out / "tables" / donor),
+                     [i.text for i in items], [i.reference_answer for i in items],
+                     out / "transfer", donor_model_id=donor, k=preset.transfer_size,
+                     draws=preset.transfer_seed_draws,
+                     max_new_tokens=preset.max_new_tokens, n_boot=bootstrap, log=log)
+        summary.pop("transfer_skipped", None)
+    else:
+        summary["transfer_skipped"] = (
+            f"the donor {donor} has {positive} positive and {negative} negative neuron "
+            "weights; the transfer needs both")
+        log(f"nex: warning: transfer skipped: {summary['transfer_skipped']}")
+
+
+def _annotate_stage(preset: Preset, out: Path, models: dict[str, Path], log) -> None:
+    """Teacher-force the shipped annotated solutions into the donor, score them and write
+    the agreement of their E/X annotations with the HMM labels to ``annotations.json``."""
+    donor, _ = transfer_roles(preset)
+    annotated = f"annotated-{donor}"
+    _capture(models[donor], annotated, DATA / "annotated-prompts.jsonl",
+             out / "stores" / annotated, preset, responses=str(DATA / "annotations.jsonl"))
+    tables = out / "tables" / annotated
+    _score(out / "stores" / annotated, tables, log)
+    result = agreement(load_annotations(DATA / "annotations.jsonl"),
+                       read_table(str(tables), "phases"),
+                       read_table(str(tables), "responses"), preset.row_size)
+    (out / "annotations.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
+
+
+def _finish(out: Path, models: dict[str, Path], summary: dict, timings: dict) -> None:
+    """Write ``testbed.json`` (models, family table, regime when every variant is scored)
+    and, once the report and every variant's tables exist, the testbed summary page."""
+    summary["models"] = {name: str(path.relative_to(out)) for name, path in models.items()}
+    summary["family"] = family_table(out)
+    if all((out / "tables" / m / "responses.parquet").is_file() for m in models):
+        summary["regime"] = regime_table(out, list(models))
+    (out / "testbed.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    if (out / "report" / "report.json").is_file() and \
+            all((out / "tables" / m / "run.json").is_file() for m in models):
+        from .report import write_summary
+
+        write_summary(out, list(models), timings)
+
+
 def run_testbed(preset: Preset, out: str | Path, *, threads: int | None = None,
                 stages: tuple[str, ...] = STAGES, bootstrap: int = 1000, log=print) -> dict:
     """Run the testbed stages for ``preset`` into ``out``; returns ``testbed.json``."""
-    import yaml
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     summary_path = out / "testbed.json"
@@ -134,93 +217,30 @@ def run_testbed(preset: Preset, out: str | Path, *, threads: int | None = None,
 
         torch.set_num_threads(threads)
 
-    def stage(name: str):
-        log(f"== testbed stage {name}")
-        return time.perf_counter()
+    def timed(name: str, work) -> None:
+        if name in stages:
+            log(f"== testbed stage {name}")
+            t0 = time.perf_counter()
+            work()
+            timings[name] = time.perf_counter() - t0
 
-    if "train" in stages:
-        t0 = stage("train")
+    def train_stage() -> None:
         result = train(preset, out, threads=threads, log=log)
-        timings["train"] = time.perf_counter() - t0
         summary["n_parameters"] = result.n_parameters
         summary["final_train_loss"] = result.losses[-1]
-    exclude = {p.question for p in training_problems(preset)}
-    heldout = heldout_problems(preset, exclude=exclude)
-    write_prompts(heldout, out / "heldout.jsonl")
-    transfer_set = heldout_problems(preset, seed=preset.transfer_heldout_seed,
-                                    n=preset.n_transfer_prompts,
-                                    exclude=exclude | {p.question for p in heldout})
-    write_prompts(transfer_set, out / "transfer-prompts.jsonl")
-    (out / "family.yaml").write_text(yaml.safe_dump(family_spec(preset), sort_keys=False))
-    models = variants_of(out, preset)
 
-    if "merge" in stages:
-        t0 = stage("merge")
-        from .merge import merge_family
-
-        merge_family(out / "family.yaml", out / "merges", log=log)
-        timings["merge"] = time.perf_counter() - t0
-    if "capture" in stages:
-        t0 = stage("capture")
-        for model_id, folder in models.items():
-            _capture(folder, model_id, out / "heldout.jsonl", out / "stores" / model_id, preset,
-                     samples=preset.samples, max_new_tokens=preset.max_new_tokens,
-                     temperature=preset.temperature, top_p=1.0, seed=0)
-        timings["capture"] = time.perf_counter() - t0
-    if "score" in stages:
-        t0 = stage("score")
-        for model_id in models:
-            _score(out / "stores" / model_id, out / "tables" / model_id, log)
-        timings["score"] = time.perf_counter() - t0
-    if "eval" in stages:
-        t0 = stage("eval")
-        run_eval([str(out / "tables" / m) for m in models], report_dir=str(out / "report"),
-                 grader="hash", n_boot=bootstrap)
-        timings["eval"] = time.perf_counter() - t0
-    if "transfer" in stages:
-        t0 = stage("transfer")
-        donor, recipient = transfer_roles(preset)
-        neurons = read_table(str(out / "tables" / donor), "neurons").to_pydict()
-        positive = sum(1 for w in neurons["weight"] if w > 0)
-        negative = sum(1 for w in neurons["weight"] if w < 0)
-        if positive and negative:
-            items = load_prompt_file(out / "transfer-prompts.jsonl")
-            run_transfer(models[donor], models[recipient], str(out / "tables" / donor),
-                         [i.text for i in items], [i.reference_answer for i in items],
-                         out / "transfer", donor_model_id=donor, k=preset.transfer_size,
-                         draws=preset.transfer_seed_draws,
-                         max_new_tokens=preset.max_new_tokens, n_boot=bootstrap, log=log)
-            summary.pop("transfer_skipped", None)
-        else:  # nothing to transfer: say so instead of failing the whole run
-            summary["transfer_skipped"] = (
-                f"the donor {donor} has {positive} positive and {negative} negative neuron "
-                "weights; the transfer needs both")
-            log(f"nex: warning: transfer skipped: {summary['transfer_skipped']}")
-        timings["transfer"] = time.perf_counter() - t0
-    if "annotate" in stages:
-        t0 = stage("annotate")
-        donor, _ = transfer_roles(preset)
-        annotated = f"annotated-{donor}"
-        _capture(models[donor], annotated, DATA / "annotated-prompts.jsonl",
-                 out / "stores" / annotated, preset,
-                 responses=str(DATA / "annotations.jsonl"))
-        tables = out / "tables" / annotated
-        _score(out / "stores" / annotated, tables, log)
-        result = agreement(load_annotations(DATA / "annotations.jsonl"),
-                           read_table(str(tables), "phases"),
-                           read_table(str(tables), "responses"), preset.row_size)
-        (out / "annotations.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
-        timings["annotate"] = time.perf_counter() - t0
-    summary["models"] = {name: str(path.relative_to(out)) for name, path in models.items()}
-    summary["family"] = family_table(out)
-    if all((out / "tables" / m / "responses.parquet").is_file() for m in models):
-        summary["regime"] = regime_table(out, list(models))
-    summary_path.write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
-    if (out / "report" / "report.json").is_file() and \
-            all((out / "tables" / m / "run.json").is_file() for m in models):
-        from .report import write_summary
-
-        write_summary(out, list(models), timings)
+    timed("train", train_stage)
+    models = _write_inputs(preset, out)
+    timed("merge", lambda: _merge_stage(out, log))
+    timed("capture", lambda: _capture_stage(preset, out, models))
+    timed("score", lambda: [_score(out / "stores" / m, out / "tables" / m, log)
+                            for m in models])
+    timed("eval", lambda: run_eval([str(out / "tables" / m) for m in models],
+                                   report_dir=str(out / "report"), grader="hash",
+                                   n_boot=bootstrap))
+    timed("transfer", lambda: _transfer_stage(preset, out, models, summary, bootstrap, log))
+    timed("annotate", lambda: _annotate_stage(preset, out, models, log))
+    _finish(out, models, summary, timings)
     return summary
 
 

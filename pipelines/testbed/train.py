@@ -130,6 +130,51 @@ def checkpoint_name(step: int) -> str:
     return f"step-{step:06d}"
 
 
+def _learning_rate(preset: Preset, step: int) -> float:
+    """The learning rate of optimizer step ``step`` (from 0): linear warm-up over
+    ``warmup_steps``, then a cosine decay to a tenth of the peak at the last step."""
+    if step < preset.warmup_steps:
+        return preset.learning_rate * (step + 1) / preset.warmup_steps
+    progress = (step - preset.warmup_steps) / max(1, preset.steps - preset.warmup_steps)
+    return preset.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _optimizer(model, preset: Preset):
+    """AdamW with weight decay on the matrices only (not on norms and biases)."""
+    import torch
+
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": 0.01},
+                              {"params": no_decay, "weight_decay": 0.0}],
+                             lr=preset.learning_rate, betas=(0.9, 0.98))
+
+
+def _batch_tensors(batch: list[tuple[list[int], int]]):
+    """Right-padded ``input_ids``, ``labels`` (the loss on the solution tokens only) and
+    ``attention_mask`` of a batch of :func:`encode_example` results."""
+    import torch
+
+    width = max(len(ids) for ids, _ in batch)
+    input_ids = torch.full((len(batch), width), PAD_ID, dtype=torch.long)
+    labels = torch.full((len(batch), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, (ids, prompt_len) in enumerate(batch):
+        input_ids[row, :len(ids)] = torch.tensor(ids)
+        labels[row, prompt_len:len(ids)] = torch.tensor(ids[prompt_len:])
+        mask[row, :len(ids)] = 1
+    return input_ids, labels, mask
+
+
+def _write_record(out: Path, preset: Preset, summary: TrainSummary) -> None:
+    """``out/train.json``: the preset and what training produced (read by :func:`_finished`
+    so a finished training is not repeated)."""
+    (out / "train.json").write_text(json.dumps(
+        {"preset": preset.to_dict(), "checkpoints": {str(k): v for k, v in summary.checkpoints.items()},
+         "losses": summary.losses, "seconds": summary.seconds,
+         "n_parameters": summary.n_parameters, "tokens": summary.tokens}, indent=1) + "\n")
+
+
 def train(preset: Preset, out: str | Path, threads: int | None = None,
           log=None) -> TrainSummary:
     """Train ``preset`` and save its checkpoints under ``out/checkpoints/step-NNNNNN``.
@@ -156,17 +201,7 @@ def train(preset: Preset, out: str | Path, threads: int | None = None,
     model.train()
     summary = TrainSummary(n_parameters=sum(p.numel() for p in model.parameters()))
     examples = [encode_example(tokenizer, p) for p in training_problems(preset)]
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01},
-                                   {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=preset.learning_rate, betas=(0.9, 0.98))
-
-    def lr_at(step: int) -> float:
-        if step < preset.warmup_steps:
-            return preset.learning_rate * (step + 1) / preset.warmup_steps
-        progress = (step - preset.warmup_steps) / max(1, preset.steps - preset.warmup_steps)
-        return preset.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+    optimizer = _optimizer(model, preset)
 
     def save(step: int, loss: float | None) -> None:
         path = out / "checkpoints" / checkpoint_name(step)
@@ -182,17 +217,10 @@ def train(preset: Preset, out: str | Path, threads: int | None = None,
         save(0, None)
     recent: list[float] = []
     for step in range(1, preset.steps + 1):
-        batch = examples[(step - 1) * preset.batch_size: step * preset.batch_size]
-        width = max(len(ids) for ids, _ in batch)
-        input_ids = torch.full((len(batch), width), PAD_ID, dtype=torch.long)
-        labels = torch.full((len(batch), width), -100, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, (ids, prompt_len) in enumerate(batch):
-            input_ids[row, :len(ids)] = torch.tensor(ids)
-            labels[row, prompt_len:len(ids)] = torch.tensor(ids[prompt_len:])
-            mask[row, :len(ids)] = 1
+        input_ids, labels, mask = _batch_tensors(
+            examples[(step - 1) * preset.batch_size: step * preset.batch_size])
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step - 1)
+            group["lr"] = _learning_rate(preset, step - 1)
         loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -209,8 +237,5 @@ def train(preset: Preset, out: str | Path, threads: int | None = None,
         if step in preset.checkpoints:
             save(step, value)
     summary.seconds = time.perf_counter() - started
-    (out / "train.json").write_text(json.dumps(
-        {"preset": preset.to_dict(), "checkpoints": {str(k): v for k, v in summary.checkpoints.items()},
-         "losses": summary.losses, "seconds": summary.seconds,
-         "n_parameters": summary.n_parameters, "tokens": summary.tokens}, indent=1) + "\n")
+    _write_record(out, preset, summary)
     return summary

@@ -161,6 +161,8 @@ def greedy_answers(model_dir: str | Path, questions: list[str], max_new_tokens: 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from ..capture.engine import left_pad
+
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
     pad = tokenizer.pad_token_id
@@ -170,12 +172,8 @@ def greedy_answers(model_dir: str | Path, questions: list[str], max_new_tokens: 
         prompts = [tokenizer(tokenizer.apply_chat_template(
             [{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False),
             add_special_tokens=False)["input_ids"] for q in chunk]
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for row, p in enumerate(prompts):
-            ids[row, width - len(p):] = torch.tensor(p)
-            mask[row, width - len(p):] = 1
+        ids, mask = left_pad(prompts, pad, model.device)
+        width = ids.shape[1]
         with torch.no_grad():
             out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False,
                                  max_new_tokens=max_new_tokens, pad_token_id=pad,
