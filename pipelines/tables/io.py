@@ -11,7 +11,7 @@ import numpy as np
 
 from nex_transforms.params import KEY_SPACE
 
-from ..store.fs import is_url
+from ..store.fs import is_url, storage_options_from_env
 from .schemas import PARQUET_COMPRESSION, POINTER, RUN_JSON, TablesError, schema, to_table
 
 
@@ -78,7 +78,6 @@ def _remote(url: str, storage_options: dict | None):
         import fsspec
     except ImportError as err:  # pragma: no cover - fsspec comes with the store extra
         raise TablesError(f"--out {url}: expected fsspec installed, got {err}") from None
-    from ..store.fs import storage_options_from_env
 
     # --storage-options of this command (NEX_STORAGE_OPTIONS) reach every reader of the run
     options = storage_options_from_env(storage_options)
@@ -185,7 +184,6 @@ def weights_from_neurons(tables: str | os.PathLike, calibration_key: str,
     weights = np.zeros(KEY_SPACE, np.float32)
     weights[table["key"].to_numpy()] = table["weight"].to_numpy()
     return weights
-
 
 
 __all__ = ["TableWriter", "read_run", "read_table", "table_path", "weights_from_neurons",

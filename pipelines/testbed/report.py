@@ -13,6 +13,8 @@ import json
 import math
 from pathlib import Path
 
+from ..tables import read_table
+
 
 def _fmt(value, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
@@ -24,8 +26,6 @@ def family_rows(out: Path, models: list[str]) -> list[dict]:
     """Per variant: accuracy (eval report), NEX and the model-level proxies (its
     ``models`` table; the E-row fraction is n_explore_rows / n_kept_rows pooled over its
     responses)."""
-    from ..tables import read_table
-
     report = json.loads((out / "report" / "report.json").read_text())
     rows = []
     for model in models:

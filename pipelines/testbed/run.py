@@ -37,9 +37,11 @@ from ..evaluation import run_eval
 from ..evaluation.coverage import tables_coverage, warnings_of
 from ..tables import read_table
 from .annotations import agreement, load_annotations
+from .merge import merge_family
 from .presets import Preset
-from .transfer import run_transfer
+from .report import write_summary
 from .train import checkpoint_name, heldout_problems, train, training_problems, write_prompts
+from .transfer import run_transfer
 
 STAGES = ("train", "merge", "capture", "score", "eval", "transfer", "annotate")
 #: The shipped hand-labelled testbed solutions (see docs/testbed.md).
@@ -136,8 +138,6 @@ def _write_inputs(preset: Preset, out: Path) -> dict[str, Path]:
 
 def _merge_stage(out: Path, log) -> None:
     """Merge the family's variants (``nex merge``) under ``out/merges``."""
-    from .merge import merge_family
-
     merge_family(out / "family.yaml", out / "merges", log=log)
 
 
@@ -198,8 +198,6 @@ def _finish(out: Path, models: dict[str, Path], summary: dict, timings: dict) ->
     (out / "testbed.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
     if (out / "report" / "report.json").is_file() and \
             all((out / "tables" / m / "run.json").is_file() for m in models):
-        from .report import write_summary
-
         write_summary(out, list(models), timings)
 
 

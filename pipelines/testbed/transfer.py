@@ -24,7 +24,9 @@ import numpy as np
 from nex_transforms.errors import expected
 from nex_transforms.params import UNIT_BITS
 
+from ..tables import read_table
 from .errors import TestbedError
+from .problems import is_correct
 
 UNIT_MASK = (1 << UNIT_BITS) - 1
 WEIGHTS_FILE = "model.safetensors"
@@ -207,8 +209,6 @@ def run_transfer(donor: str | Path, recipient: str | Path, tables: str | Path,
     and ``out/transfer.md``; returns the JSON dict. Transferred model folders are kept
     under ``out/models/``.
     """
-    from ..tables import read_table
-    from .problems import is_correct
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
