@@ -1,7 +1,7 @@
 """``nex capture``: prompts + model -> sparse MLP rows and logit statistics in a store.
 
-torch and transformers are imported inside the command function, so ``nex --help``
-stays light.
+The capture package loads torch and transformers only when a capture runs, so ``nex --help``
+and ``nex capture --help`` stay light.
 """
 
 from __future__ import annotations
@@ -9,21 +9,20 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..capture import CaptureConfig, run_capture, summary_dict
+from ..capture.config import CAPTURE_DEFAULTS, DTYPE_NAMES, PROMPT_FORMATS
+from ..store.fs import add_storage_options_flag, apply_storage_options
+
 
 def config_from_args(args: argparse.Namespace):
     """The :class:`CaptureConfig` of parsed ``nex capture`` arguments (every field is a
     flag of the same name; ``--no-progress`` sets ``progress`` False)."""
-    from ..capture import CaptureConfig
-
     values = {name: getattr(args, name) for name in CaptureConfig.__dataclass_fields__
               if name != "progress"}
     return CaptureConfig(progress=not args.no_progress, **values)
 
 
 def cmd_capture(args: argparse.Namespace) -> int:
-    from ..capture import run_capture, summary_dict
-    from ..store.fs import apply_storage_options
-
     apply_storage_options(args.storage_options)
 
     summary = summary_dict(run_capture(config_from_args(args)))
@@ -40,8 +39,6 @@ def cmd_capture(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     """Register ``nex capture``: one flag per :class:`CaptureConfig` field, defaulting to it."""
-    from ..capture.config import CAPTURE_DEFAULTS, DTYPE_NAMES, PROMPT_FORMATS
-
     p = subparsers.add_parser(
         "capture", help="generate (or teacher-force) responses and store sparse MLP rows",
         description="Turn prompts and a model into traces in an activation store: per row of "
@@ -105,7 +102,6 @@ def register(subparsers) -> None:
                         "prompt text or given response (default: refuse, naming the field)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    from ..store.fs import add_storage_options_flag
 
     add_storage_options_flag(p)
     p.set_defaults(func=cmd_capture)
