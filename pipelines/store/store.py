@@ -10,8 +10,9 @@ share a shard or a metadata file: the root metadata is created once, exclusively
 modules: :mod:`~pipelines.store.root` (creating, opening and checking a store, per-model
 capture records), :mod:`~pipelines.store.writer` (a part encoded into a zarr group),
 :mod:`~pipelines.store.commit` (the local-disk and object-store commit protocols behind
-one interface), :mod:`~pipelines.store.manifests` (part and consolidated manifests) and
-:mod:`~pipelines.store.reader` (the checked reader).
+one interface), :mod:`~pipelines.store.manifests` (part and consolidated manifests),
+:mod:`~pipelines.store.reader` (the checked reader) and :mod:`~pipelines.store.info`
+(what ``nex store info`` reports).
 """
 
 from __future__ import annotations
@@ -21,26 +22,21 @@ import json
 from nex_transforms import RowCorpus
 from nex_transforms.errors import expected
 
-from ..crashsafe import LEASE_FILE
 from ..records import TraceRecord
-from .commit import LEASE_SECONDS, STAGING_SEP, STALE_SECONDS, commit_for
+from .commit import LEASE_SECONDS, STALE_SECONDS, commit_for
 from .encode import EncodedPart, decode_records, encode_part
 from .fs import Location, group_node
-from .manifests import (PART_META_KEY, PARTS_META_KEY, aggregate_extras, concat_manifests,
-                        consolidated_summaries, manifest_bytes, manifest_rel,
-                        put_consolidated, put_part_manifest, read_manifest,
+from .info import store_info
+# aggregate_extras, write_manifest and model_dir_name: also imported from this module
+from .manifests import (aggregate_extras, concat_manifests, consolidated_summaries,
+                        manifest_rel, put_consolidated, put_part_manifest, read_manifest,
                         read_part_summary, write_manifest)
 from .reader import read_part_arrays, read_selection, read_token_ids
-from .root import (MODELS_DIR, capture_metadata, captures, check_append, model_capture_path,
+from .root import (capture_metadata, captures, check_append, model_capture_path,
                    model_dir_name, new_root, normalise, read_root)
-from .schema import CONSOLIDATED_MANIFEST, MANIFESTS_DIR, PARTS_DIR, StoreError, check_part_name, \
-    check_storage
+from .schema import (CONSOLIDATED_MANIFEST, MANIFESTS_DIR, PARTS_DIR, StoreError,
+                     check_part_name, check_storage)
 from .writer import write_group
-
-#: Arrays holding what the row-cache layout holds (sparse rows, aggregates, pointers;
-#: schema 3's ``pointers`` also holds the per-trace token pointer, a few bytes a trace).
-ROW_CACHE_CONTENT = ("trace_row_ptr", "row_entry_ptr", "row_tokens", "keys", "masses",
-                     "agg_ptr", "agg_keys", "agg_masses", "pointers", "agg_residuals")
 
 
 class ActivationStore:
@@ -370,55 +366,9 @@ class ActivationStore:
 
     # ----------------------------------------------------------------- summary
     def info(self) -> dict:
-        """Counts, sizes and per-model trace counts of the completed parts."""
-        table = self.manifest()
-        summaries = self.part_summaries()
-        total = {k: int(sum(s.get(k, 0) for s in summaries.values()))
-                 for k in ("n_rows", "n_entries", "n_aggregate_entries", "n_tokens",
-                           "saturated_masses", "saturated_aggregate_masses")}
-        models: dict[str, int] = {}
-        for model in table["model_id"].to_pylist():
-            models[model] = models.get(model, 0) + 1
-        on_disk = self.loc.tree_bytes()
-        entries = total["n_entries"]
-        array_bytes = self._array_bytes()
-        sparse = sum(v for k, v in array_bytes.items() if k in ROW_CACHE_CONTENT)
-        return {
-            "schema_version": self.schema_version,
-            "path": str(self.path),
-            "traces": table.num_rows,
-            "rows": total["n_rows"],
-            "entries": entries,
-            "aggregate_entries": total["n_aggregate_entries"],
-            "tokens": total["n_tokens"],
-            "parts": len(summaries),
-            "part_names": sorted(summaries),
-            "models": dict(sorted(models.items())),
-            "bytes_on_disk": on_disk,
-            "bytes_per_entry": on_disk / entries if entries else None,
-            "sparse_bytes_per_entry": sparse / entries if entries else None,
-            "array_bytes": array_bytes,
-            "saturated_masses": total["saturated_masses"],
-            "saturated_aggregate_masses": total["saturated_aggregate_masses"],
-            "storage": self.storage,
-            # one manifest file covers every part: the consolidated one, or the only part's
-            "finalized": len(summaries) <= 1 or self.consolidated_manifest() is not None,
-            "extra_metadata": aggregate_extras([s.get("extra_metadata", {})
-                                                for s in summaries.values()]),
-            "capture": self.metadata.get("capture", {}),
-            "captures": self.captures,
-        }
-
-    def _array_bytes(self) -> dict:
-        """Bytes on disk per array name, summed over parts (metadata files included)."""
-        out: dict[str, int] = {}
-        for part in self.parts():
-            rel = self.part_rel(part)
-            for name in self.loc.listdir(rel):
-                if name in ("zarr.json", LEASE_FILE):
-                    continue
-                out[name] = out.get(name, 0) + self.loc.tree_bytes(f"{rel}/{name}")
-        return dict(sorted(out.items()))
+        """Counts, sizes and per-model trace counts of the completed parts
+        (:func:`pipelines.store.info.store_info`)."""
+        return store_info(self)
 
 
 __all__ = ["ActivationStore", "aggregate_extras", "write_manifest"]
