@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from ..crashsafe import create_exclusive
+from ..crashsafe import atomic_write, create_exclusive
 from .schema import StoreError
 
 
@@ -60,7 +60,10 @@ class Location:
 
     Local stores keep POSIX semantics (hard links, renames); object stores use plain puts
     (visible whole or not at all), exclusive puts where the protocol has them, and unique
-    keys per writer instead of renames.
+    keys per writer instead of renames. Methods that only differ in how bytes are put or
+    read (:meth:`put`, :meth:`put_atomic`, :meth:`create`, :meth:`parquet_metadata`, ...)
+    do the right thing on both kinds, so callers need no branch; the part commit protocols
+    that differ in more than that are :mod:`pipelines.store.commit`.
     """
 
     def __init__(self, target, storage_options: dict | None = None) -> None:
@@ -71,6 +74,8 @@ class Location:
             self.local = Path(str(target)[7:] if str(target).startswith("file://") else target)
             self.fs = None
             self.root = str(self.local)
+            #: how the store names its location: a Path here, the URL on object storage
+            self.path = self.local
         else:
             import fsspec
 
@@ -81,6 +86,7 @@ class Location:
             self.fs = fsspec.filesystem(protocol, **options)
             self.root = self.fs._strip_protocol(self.url).rstrip("/")
             self.local = None
+            self.path = self.url
             self.protocol = protocol
             self._sync = None
 
@@ -107,6 +113,10 @@ class Location:
 
     def url_of(self, rel: str) -> str:
         return f"{self.protocol}://{self.key(rel)}"
+
+    def path_of(self, rel: str):
+        """``rel`` as a Path under a local location, as a URL under an object store."""
+        return self.local / rel if self.is_local else self.url_of(rel)
 
     def exists(self, rel: str) -> bool:
         if self.is_local:
@@ -150,8 +160,26 @@ class Location:
         return payload if isinstance(payload, dict) else None
 
     def put(self, rel: str, data: bytes) -> None:
-        """Write a whole object (object stores: visible whole or not at all)."""
+        """Write a whole object (object stores: visible whole or not at all; local: a plain
+        write into an existing folder, for files only their writer sees until it is done)."""
+        if self.is_local:
+            (self.local / rel).write_bytes(data)
+            return
         self.sfs.pipe_file(self.key(rel), data)
+
+    def put_atomic(self, rel: str, data: bytes) -> None:
+        """Write a file that readers see whole or not at all: locally a temporary sibling
+        (mode 0644, readable by workers of other users) renamed into place, on object
+        storage one put."""
+        if not self.is_local:
+            self.put(rel, data)
+            return
+
+        def write(tmp: Path) -> None:
+            os.chmod(tmp, 0o644)
+            tmp.write_bytes(data)
+
+        atomic_write(self.local / rel, write)
 
     def put_exclusive(self, rel: str, data: bytes) -> bool:
         """Create an object unless it exists; True when this call created it."""
@@ -243,6 +271,27 @@ class Location:
 
             fs = AsyncFileSystemWrapper(fs, asynchronous=True)
         return FsspecStore(fs, read_only=read_only, path=self.key(rel))
+
+    def parquet_file(self, rel: str):
+        """What :mod:`pyarrow.parquet` reads for the Parquet file ``rel``: its local path
+        (pyarrow reports a missing file), or the object's bytes in a buffer (None when the
+        object is missing)."""
+        if self.is_local:
+            return self.local / rel
+        import pyarrow as pa
+
+        data = self.read_bytes(rel)
+        return None if data is None else pa.BufferReader(data)
+
+    def parquet_metadata(self, rel: str) -> dict | None:
+        """The footer key-value metadata of the Parquet file ``rel`` ({} when it has none);
+        None when the file is missing."""
+        import pyarrow.parquet as pq
+
+        if self.is_local and not self.isfile(rel):
+            return None
+        source = self.parquet_file(rel)
+        return None if source is None else (pq.read_schema(source).metadata or {})
 
     def arrow_filesystem(self):
         """(pyarrow filesystem or None, path) for reading Parquet under this location."""

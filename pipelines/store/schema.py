@@ -8,6 +8,7 @@ Layout of a store directory (see ``docs/STORE.md``)::
     parts/<part>/<array>/...      chunked 1-D arrays (``layout.py``: which holds what)
     manifests/<part>.parquet      the part's manifest, written last: its completion marker
     manifest.parquet              consolidated manifest (``finalize``, stores of 2+ parts)
+    models/<model>/zarr.json      capture parameters of one model id
     .staging/                     parts being written (never read)
 """
 
@@ -40,6 +41,9 @@ PARTS_DIR = "parts"
 MANIFESTS_DIR = "manifests"
 STAGING_DIR = ".staging"
 CONSOLIDATED_MANIFEST = "manifest.parquet"
+#: Group holding one child group per model id whose attributes record that model's capture
+#: parameters (``models/<model dir>/zarr.json``, created once per model, never modified).
+MODELS_DIR = "models"
 
 #: Storage dtypes allowed for row and aggregate masses and for the per-token statistics
 #: (chosen at creation).
