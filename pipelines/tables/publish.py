@@ -10,16 +10,15 @@ import os
 import shutil
 import signal
 import socket
-import sys
 import tempfile
 import time
 import uuid
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 
 from ..store.fs import is_url
+from ..versions import package_versions
 from .io import _remote, _remote_version, table_path
 from .schemas import POINTER, RUN_JSON, TABLE_NAMES, TABLES_SCHEMA_VERSION, TablesError
 
@@ -30,6 +29,9 @@ from .schemas import POINTER, RUN_JSON, TABLE_NAMES, TABLES_SCHEMA_VERSION, Tabl
 FAULT_ENV = "NEX_TABLES_FAULT"
 #: Leftovers of a publish by a process on another host count as abandoned after this long.
 STALE_SECONDS = 24 * 3600
+#: The packages whose versions run.json records: those that shape the scores and the tables.
+TABLES_PACKAGES = ("nex-pipeline", "numpy", "pyarrow", "zarr", "apache-beam", "dask",
+                   "distributed")
 
 
 def _fault_point(stage: str) -> None:
@@ -272,18 +274,6 @@ def _publish(staging: Path, out: Path, token: str) -> None:
         shutil.rmtree(out.parent / previous, ignore_errors=True)
 
 
-def package_versions() -> dict:
-    """Versions of the packages that shape the scores and the tables."""
-    out = {"python": sys.version.split()[0]}
-    for name in ("nex-pipeline", "numpy", "pyarrow", "zarr", "apache-beam", "dask",
-                 "distributed"):
-        try:
-            out[name] = importlib_metadata.version(name)
-        except importlib_metadata.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
 def write_run_json(staging: Path, plan, engine: str, engine_info: dict, timings: dict) -> dict:
     """Write ``run.json`` (parameters, engine, versions, store fingerprint, timings)."""
     config = plan.config
@@ -305,7 +295,7 @@ def write_run_json(staging: Path, plan, engine: str, engine_info: dict, timings:
         "models": list(plan.models),
         "store": plan.store_summary,
         "store_fingerprint": plan.fingerprint,
-        "versions": package_versions(),
+        "versions": package_versions(TABLES_PACKAGES),
         "timings": {k: round(float(v), 4) for k, v in timings.items()},
         "tables": tables,
     }
@@ -315,5 +305,5 @@ def write_run_json(staging: Path, plan, engine: str, engine_info: dict, timings:
 
 
 
-__all__ = ["FAULT_ENV", "STALE_SECONDS", "clean_leftovers", "package_versions",
+__all__ = ["FAULT_ENV", "STALE_SECONDS", "clean_leftovers",
            "staged_output", "write_run_json"]
