@@ -56,7 +56,7 @@ def main() -> None:
 
     from pipelines.capture import CaptureConfig, run_capture
     from pipelines.capture.engine import sample_batch, sequence_seed
-    from pipelines.capture.job import Tokenized, stop_token_ids
+    from pipelines.capture.tokens import Tokenized, stop_token_ids
     from pipelines.capture.models import load_model, mlp_sites, resolve_model
     from pipelines.capture.prompts import load_prompts
 

@@ -181,7 +181,7 @@ def build_prompts(sets: list[str], n: int) -> tuple[list[dict], list[dict]]:
 def check_context(model, tokenizer, prompt_rows: list[dict], max_new_tokens: int) -> None:
     """Every prompt + ``max_new_tokens`` + 1 within the model's context, checked before
     anything is written (the capture checks it too, but after creating its store)."""
-    from pipelines.capture.job import Tokenized
+    from pipelines.capture.tokens import Tokenized
     from pipelines.capture.models import context_length
     from pipelines.capture.prompts import PromptItem
 
@@ -212,7 +212,7 @@ def plain_generate(model, tokenizer, prompt_rows: list[dict], args) -> dict | No
     import torch
 
     from pipelines.capture.engine import left_pad
-    from pipelines.capture.job import Tokenized, stop_token_ids
+    from pipelines.capture.tokens import Tokenized, stop_token_ids
     from pipelines.capture.prompts import PromptItem
 
     if args.generate_sequences == 0:

@@ -15,11 +15,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from ..records import TraceRecord, trace_id
+from ..records import TraceRecord
 from ..store import ActivationStore
-from .config import PROMPT_FORMATS, CaptureConfig, parse_shard
+from .config import CaptureConfig, parse_shard
 from .plan import (INPUTS_KEY, CapturePlan, Job, Part, check_resume, existing_trace_ids,
-                   job_inputs, load_inputs, plan_capture, plan_parts)
+                   job_inputs, load_inputs, plan_capture)
 from .tokens import JobTokens, Tokenized, pad_token_id, stop_token_ids, tokenize_parts
 
 if TYPE_CHECKING:
@@ -290,6 +290,5 @@ def summary_dict(summary: CaptureSummary) -> dict:
     return data
 
 
-__all__ = ["CaptureConfig", "CaptureSummary", "Job", "LoadedModel", "Log", "PROMPT_FORMATS",
-           "Part", "PartCapture", "Tokenized", "finalize", "parse_shard", "plan_parts",
-           "run_capture", "stderr_log", "stop_token_ids", "summary_dict", "trace_id"]
+__all__ = ["CaptureSummary", "LoadedModel", "Log", "PartCapture", "capture_params", "finalize",
+           "load_capture_model", "open_store", "run_capture", "stderr_log", "summary_dict"]

@@ -24,8 +24,8 @@ from nex_transforms.errors import expected
 from nex_transforms.params import UNIT_BITS
 
 from .errors import ArchitectureError, ModelError
-from .model_cache import (CONVERTED_MARKER, cache_dir, cached_complete, converted_dir,
-                          dist_version, model_slug, quiet_gguf_conversion, save_converted)
+from .model_cache import (cache_dir, cached_complete, converted_dir, dist_version, model_slug,
+                          quiet_gguf_conversion, save_converted)
 
 #: Largest layer index a key can hold (key space 2^22, layer 255 reserved).
 MAX_LAYERS = 64

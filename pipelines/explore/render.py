@@ -285,6 +285,4 @@ def index_body(source: list, models: list, links: Links) -> str:
               "rows where the neuron fires most.</p>")
 
 
-__all__ = ["Links", "STYLE", "TABLE_SCRIPT", "esc", "fragment", "histogram", "index_body",
-           "model_body", "neuron_body", "neuron_name", "num", "page", "phase_chart",
-           "response_body"]
+__all__ = ["index_body", "model_body", "neuron_body", "response_body"]

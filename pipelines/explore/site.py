@@ -34,7 +34,7 @@ from ..evaluation.coverage import tables_coverage
 from ..evaluation.labels import grade_traces, read_labels
 from ..store import ActivationStore
 from ..tables import read_table
-from . import render
+from . import markup, render
 from .details import RESPONSE_NUMBERS, read_token_ids_of, response_details
 from .inputs import (DEFAULT_BOTTOM, DEFAULT_RANDOM, DEFAULT_TOP, ExploreError, ExploreInputs,
                      check_trace_ids, open_inputs, sample_table_rows, select_neurons,
@@ -136,29 +136,29 @@ def _context_rows(contexts: list, store_path: str, detokenizers: dict, trace_mod
 def _model_summary(model: dict, coverage: dict, n_pages: int) -> tuple[list, list]:
     """The facts of a model page (NEX, log-gap, regime and coverage numbers) and its
     coverage and regime warnings (as ``nex score`` and ``nex eval`` word them)."""
-    items = [("NEX", render.num(model.get("nex"), 5)),
-             ("log-gap", render.num(model.get("log_gap"), 4)),
-             ("weights of", render.esc(model.get("calibration_key"))),
-             ("responses", render.num(model.get("n_responses"))),
-             ("scored", render.num(model.get("n_scored"))),
-             ("skipped (< 3 rows)", render.num(coverage.get("n_skipped_too_few_rows"))),
-             ("fewer than 2 cycles", render.num(coverage.get("n_fewer_than_2_cycles"))),
-             ("can carry credit", render.num(coverage.get("n_can_carry_credit"))),
-             ("cycles", render.num(model.get("n_cycles"))),
-             ("credited cycles", render.num(coverage.get("n_credited_cycles"))),
-             ("row size (tokens)", render.num(coverage.get("row_size"))),
-             ("median tokens", render.num(coverage.get("median_response_tokens"), 0)),
-             ("non-zero weights", render.num(model.get("n_nonzero_weights"))),
-             ("positive / negative", f"{render.num(model.get('n_positive_weights'))} / "
-                                     f"{render.num(model.get('n_negative_weights'))}"),
-             ("response pages", render.num(n_pages))]
+    items = [("NEX", markup.num(model.get("nex"), 5)),
+             ("log-gap", markup.num(model.get("log_gap"), 4)),
+             ("weights of", markup.esc(model.get("calibration_key"))),
+             ("responses", markup.num(model.get("n_responses"))),
+             ("scored", markup.num(model.get("n_scored"))),
+             ("skipped (< 3 rows)", markup.num(coverage.get("n_skipped_too_few_rows"))),
+             ("fewer than 2 cycles", markup.num(coverage.get("n_fewer_than_2_cycles"))),
+             ("can carry credit", markup.num(coverage.get("n_can_carry_credit"))),
+             ("cycles", markup.num(model.get("n_cycles"))),
+             ("credited cycles", markup.num(coverage.get("n_credited_cycles"))),
+             ("row size (tokens)", markup.num(coverage.get("row_size"))),
+             ("median tokens", markup.num(coverage.get("median_response_tokens"), 0)),
+             ("non-zero weights", markup.num(model.get("n_nonzero_weights"))),
+             ("positive / negative", f"{markup.num(model.get('n_positive_weights'))} / "
+                                     f"{markup.num(model.get('n_negative_weights'))}"),
+             ("response pages", markup.num(n_pages))]
     # regime diagnostics: present in tables scored by versions that record them
     for column, label, digits in (("late_novelty", "late novelty (median)", 4),
                                   ("pool_coverage", "pool coverage (median)", 5),
                                   ("hooked_neurons", "hooked neurons", 0)):
         if model.get(column) is not None:
             value = model[column]
-            items.append((label, render.num(int(value) if digits == 0 else value, digits)))
+            items.append((label, markup.num(int(value) if digits == 0 else value, digits)))
     return items, [w for w in (coverage.get("warning"), coverage.get("regime_warning")) if w]
 
 
@@ -292,7 +292,7 @@ def _write_pages(root: Path, inputs: ExploreInputs, models: list, neurons: list,
                  per_sign: int) -> dict:
     """Write every page of the site under ``root`` (responses, neurons, models, index);
     returns the site summary's counts and page paths."""
-    links = render.Links(
+    links = markup.Links(
         responses={t: f"responses/{slug_id(t)}.html" for t in details},
         neurons={(n["model_id"], int(n["key"])): f"neurons/{slug_id(n['model_id'])}/"
                                                  f"{int(n['key'])}.html" for n in neurons},
@@ -305,7 +305,7 @@ def _write_pages(root: Path, inputs: ExploreInputs, models: list, neurons: list,
     for trace, detail in details.items():
         body = render.response_body(detail, links.at("../"), reasons.get(trace, ()))
         (root / links.responses[trace]).write_text(
-            render.page(f"{trace} · NEX explorer", body))
+            markup.page(f"{trace} · NEX explorer", body))
     # neurons
     for n in neurons:
         rows = context_rows.get((n["model_id"], int(n["key"])), [])
@@ -315,7 +315,7 @@ def _write_pages(root: Path, inputs: ExploreInputs, models: list, neurons: list,
                                   links.at("../../"), per_sign)
         path = root / links.neurons[(n["model_id"], int(n["key"]))]
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(render.page(f"{render.neuron_name(n['key'])} of {n['model_id']} · "
+        path.write_text(markup.page(f"{markup.neuron_name(n['key'])} of {n['model_id']} · "
                                     "NEX explorer", body))
     index_models = _write_model_pages(root, inputs, models, neurons, details,
                                       table_positions, grades, trace_model, seed, links)
@@ -329,7 +329,7 @@ def _write_pages(root: Path, inputs: ExploreInputs, models: list, neurons: list,
 
 def _write_model_pages(root: Path, inputs: ExploreInputs, models: list, neurons: list,
                        details: dict, table_positions: dict, grades: dict, trace_model: dict,
-                       seed: int, links: render.Links) -> list:
+                       seed: int, links: markup.Links) -> list:
     """Write each model's page; returns the index page's row of each model."""
     coverage = {c["model_id"]: c for c in tables_coverage(inputs.tables, inputs.store)}
     model_rows = {m["model_id"]: m for m in inputs.models}
@@ -355,25 +355,25 @@ def _write_model_pages(root: Path, inputs: ExploreInputs, models: list, neurons:
                                  [n for n in neurons if n["model_id"] == key], table_rows,
                                  statement, links.at("../"), with_grades)
         (root / links.models[model]).write_text(
-            render.page(f"{model} · NEX explorer", body, render.TABLE_SCRIPT))
+            markup.page(f"{model} · NEX explorer", body, markup.TABLE_SCRIPT))
         index_models.append({**row, "pages": n_pages,
                              "neuron_pages": sum(1 for n in neurons if n["model_id"] == key)})
     return index_models
 
 
 def _write_index(root: Path, inputs: ExploreInputs, index_models: list,
-                 links: render.Links) -> None:
+                 links: markup.Links) -> None:
     """Write the front page: where the site comes from and one row per model."""
     def where(location: str) -> str:  # the folder's name; the whole path on hover
         name = location.rstrip("/").rsplit("/", 1)[-1] or location
-        return f'<span title="{render.esc(location)}">{render.esc(name)}</span>'
+        return f'<span title="{markup.esc(location)}">{markup.esc(name)}</span>'
 
     source = [("tables", where(inputs.tables)), ("store", where(inputs.store)),
-              ("store fingerprint", render.esc(inputs.fingerprint[:23] + "…")),
-              ("calibration", render.esc(inputs.run.get("calibration"))),
-              ("engine", render.esc(inputs.run.get("engine"))),
-              ("scored", render.esc(str(inputs.run.get("created_at", ""))[:19]))]
-    (root / "index.html").write_text(render.page("NEX explorer", render.index_body(
+              ("store fingerprint", markup.esc(inputs.fingerprint[:23] + "…")),
+              ("calibration", markup.esc(inputs.run.get("calibration"))),
+              ("engine", markup.esc(inputs.run.get("engine"))),
+              ("scored", markup.esc(str(inputs.run.get("created_at", ""))[:19]))]
+    (root / "index.html").write_text(markup.page("NEX explorer", render.index_body(
         source, index_models, links)))
 
 
@@ -414,7 +414,7 @@ def show_response(tables, trace_id: str, *, store: str | None = None,
         label_map = read_labels(labels)
     grades = _grades(inputs, [trace], label_map)
     detail = response_details(inputs, [trace], detokenizers, prompt_texts, grades)[trace]
-    return ResponseView(detail, render.fragment(render.response_body(detail, render.Links())))
+    return ResponseView(detail, markup.fragment(render.response_body(detail, markup.Links())))
 
 
 __all__ = ["DEFAULT_CONTEXT_PAGES", "DEFAULT_TABLE_ROWS", "ResponseView", "SITE_JSON",

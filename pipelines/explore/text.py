@@ -89,8 +89,8 @@ def _recorded_tokenizer(model_id: str, capture: dict):
     """The tokenizer of a capture's model (a shipped short name, or a model file or folder
     that still exists), or ``(None, why)``."""
     try:
-        from ..capture.models import (CONVERTED_MARKER, SHORT_NAMES, ModelSpec, converted_dir,
-                                      resolve_model)
+        from ..capture.model_cache import CONVERTED_MARKER, converted_dir
+        from ..capture.models import SHORT_NAMES, ModelSpec, resolve_model
     except ImportError as err:
         return None, f"the capture libraries are not installed ({err})"
     source, gguf = capture.get("model_source"), capture.get("gguf_file")

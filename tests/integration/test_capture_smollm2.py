@@ -63,7 +63,7 @@ def test_smollm2_gsm8k_capture_gives_a_finite_nex(tmp_path, capsys):
     # The real model, teacher-forced on the stored tokens of one trace as a single
     # sequence, gives the rows captured during batched, padded, KV-cached sampling.
     from pipelines.capture.engine import force_batch
-    from pipelines.capture.job import Tokenized
+    from pipelines.capture.tokens import Tokenized
     from pipelines.capture.models import load_model, mlp_sites, resolve_model
     from pipelines.capture.prompts import load_prompts
 

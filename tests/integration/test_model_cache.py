@@ -15,8 +15,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from pipelines.capture.models import (CONVERTED_MARKER, config_hash, converted_dir,  # noqa: E402
-                                      load_model, resolve_model)
+from pipelines.capture.model_cache import CONVERTED_MARKER, converted_dir  # noqa: E402
+from pipelines.capture.models import config_hash, load_model, resolve_model  # noqa: E402
 
 from tests.shipped import needs_smollm2  # noqa: E402
 TEXT = "Natalia sold clips to 48 of her friends in April, and then half as many in May."

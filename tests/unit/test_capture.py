@@ -14,7 +14,8 @@ pytest.importorskip("transformers")
 from pipelines.capture.engine import (force_batch, rows_from_candidates, sample_batch,  # noqa: E402
                                       sequence_seed, token_statistics)
 from pipelines.capture.errors import ArchitectureError, CaptureError, ModelError  # noqa: E402
-from pipelines.capture.job import CaptureConfig, parse_shard, plan_parts  # noqa: E402
+from pipelines.capture.config import CaptureConfig, parse_shard  # noqa: E402
+from pipelines.capture.plan import plan_parts  # noqa: E402
 from pipelines.capture.models import (load_model, mlp_sites, parse_layers,  # noqa: E402
                                       resolve_model)
 from pipelines.capture.prompts import PromptItem  # noqa: E402

@@ -100,7 +100,7 @@ def test_chat_template_is_applied(tmp_path):
     pytest.importorskip("transformers")
     from transformers import AutoTokenizer
 
-    from pipelines.capture.job import Tokenized
+    from pipelines.capture.tokens import Tokenized
     from pipelines.capture.prompts import PromptItem
     from pipelines.testing.models import build_tiny_model
 
