@@ -14,6 +14,7 @@ The on-disk schema is documented in ``docs/STORE.md`` and in :mod:`pipelines.sto
 from __future__ import annotations
 
 from .schema import SCHEMA_VERSION, StoreError
-from .store import ActivationStore, aggregate_extras
+from .manifests import aggregate_extras
+from .store import ActivationStore
 
 __all__ = ["SCHEMA_VERSION", "ActivationStore", "StoreError", "aggregate_extras"]

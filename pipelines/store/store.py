@@ -27,13 +27,11 @@ from .commit import LEASE_SECONDS, STALE_SECONDS, commit_for
 from .encode import EncodedPart, decode_records, encode_part
 from .fs import Location, group_node
 from .info import store_info
-# aggregate_extras, write_manifest and model_dir_name: also imported from this module
-from .manifests import (aggregate_extras, concat_manifests, consolidated_summaries,
-                        manifest_rel, put_consolidated, put_part_manifest, read_manifest,
-                        read_part_summary, write_manifest)
+from .manifests import (concat_manifests, consolidated_summaries, manifest_rel, put_consolidated,
+                        put_part_manifest, read_manifest, read_part_summary)
 from .reader import read_part_arrays, read_selection, read_token_ids
 from .root import (capture_metadata, captures, check_append, model_capture_path,
-                   model_dir_name, new_root, normalise, read_root)
+                   new_root, normalise, read_root)
 from .schema import (CONSOLIDATED_MANIFEST, MANIFESTS_DIR, PARTS_DIR, StoreError,
                      check_part_name, check_storage)
 from .writer import write_group
@@ -371,4 +369,4 @@ class ActivationStore:
         return store_info(self)
 
 
-__all__ = ["ActivationStore", "aggregate_extras", "write_manifest"]
+__all__ = ["ActivationStore"]

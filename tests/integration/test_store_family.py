@@ -21,7 +21,7 @@ for _module in ("torch", "transformers", "zarr"):  # required under CI, skipped 
 from pipelines.testing.models import build_tiny_model  # noqa: E402
 from pipelines.cli import main  # noqa: E402
 from pipelines.store import ActivationStore, StoreError  # noqa: E402
-from pipelines.store.store import model_dir_name  # noqa: E402
+from pipelines.store.root import model_dir_name  # noqa: E402
 
 CAPTURE = {"model_id": "m1", "dtype": "float32", "top_k": 8}
 
