@@ -12,10 +12,12 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
+from nex_transforms.baselines import BASELINE_STATS
 from nex_transforms.errors import CorpusError, expected
 
-#: Per-token logit statistics kept for the baselines (METHOD.md section 8).
-TOKEN_STAT_NAMES = ("entropy", "self_certainty", "token_logprob", "topk_confidence")
+#: Per-token logit statistics kept for the baselines (METHOD.md section 8): exactly the
+#: ones the core's baselines read, in the core's order (the store keeps this order).
+TOKEN_STAT_NAMES = BASELINE_STATS
 
 
 def trace_id(model_id: str, prompt_id: str, sample_index: int) -> str:
