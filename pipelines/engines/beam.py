@@ -253,6 +253,22 @@ def _raise_errors(staging: Path) -> None:
         raise BatchReadError(message)
 
 
+def _run_to_done(pipeline, folder: Path) -> None:
+    """Run ``pipeline`` to the end: a runner failure becomes one EngineError line naming
+    it, a failed unit's recorded error (under ``folder``) is raised, and any final state
+    but DONE is refused."""
+    try:
+        state = pipeline.run().wait_until_finish()
+    except NexError:
+        raise
+    except Exception as err:  # a runner failure: one line, naming the runner
+        raise EngineError(f"beam pipeline: expected it to finish, got "
+                          f"{type(err).__name__}: {' '.join(str(err).split())[:400]}") from None
+    _raise_errors(folder)
+    if str(state) not in ("DONE", "PipelineState.DONE"):
+        raise EngineError(f"beam pipeline state: expected DONE, got {state}")
+
+
 def run(plan: RunPlan, staging: Path, options: dict) -> dict:
     """Run the scoring pipeline; tables land in ``staging`` as folders of part files."""
     pipeline_args = list(options.pop("pipeline_args", []) or [])
@@ -263,17 +279,7 @@ def run(plan: RunPlan, staging: Path, options: dict) -> dict:
     beam_options, runner = _options(pipeline_args)
     pipeline = beam.Pipeline(runner=runner, options=beam_options)
     build(pipeline, plan, staging)
-    try:
-        result = pipeline.run()
-        state = result.wait_until_finish()
-    except NexError:
-        raise
-    except Exception as err:  # a runner failure: one line, naming the runner
-        raise EngineError(f"beam pipeline: expected it to finish, got "
-                          f"{type(err).__name__}: {' '.join(str(err).split())[:400]}") from None
-    _raise_errors(staging)
-    if str(state) not in ("DONE", "PipelineState.DONE"):
-        raise EngineError(f"beam pipeline state: expected DONE, got {state}")
+    _run_to_done(pipeline, staging)
     runner_name = (beam_options.view_as(StandardOptions).runner
                    or "FnApiRunner (embedded)")
     return {"runner": runner_name, "pipeline_args": pipeline_args}
@@ -335,15 +341,6 @@ def contexts(plan: RunPlan, job: ContextsJob, folder: Path, options: dict) -> di
     _sink(merged | "Table" >> beam.Map(contexts_table, job), folder, "neuron_contexts",
           num_shards=1)
     found.errors | "Record errors" >> beam.ParDo(RecordErrorFn(str(folder / ERRORS_DIR)))
-    try:
-        state = pipeline.run().wait_until_finish()
-    except NexError:
-        raise
-    except Exception as err:  # a runner failure: one line, naming the runner
-        raise EngineError(f"beam pipeline: expected it to finish, got "
-                          f"{type(err).__name__}: {' '.join(str(err).split())[:400]}") from None
-    _raise_errors(folder)
-    if str(state) not in ("DONE", "PipelineState.DONE"):
-        raise EngineError(f"beam pipeline state: expected DONE, got {state}")
+    _run_to_done(pipeline, folder)
     return {"runner": beam_options.view_as(StandardOptions).runner or "FnApiRunner (embedded)",
             "pipeline_args": pipeline_args}
