@@ -14,6 +14,7 @@ import sys
 import time
 import urllib.request
 from base64 import b64encode
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -56,6 +57,41 @@ def stop_group(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
+
+
+@contextmanager
+def dask_cluster(logs: Path, workers: int = 2):
+    """A real Dask scheduler and ``workers`` worker processes (one thread each, no nanny)
+    on 127.0.0.1, started from this venv with the repository importable and this process's
+    environment (object-store credentials and endpoint included); yields
+    ``(address, worker processes)`` once every worker has joined, and kills them all on
+    exit. Logs go to ``logs``."""
+    from distributed import Client
+
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    dask = str(BIN / "dask")
+    procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                               "--no-dashboard"], stdout=open(logs / "scheduler.log", "w"),
+                              stderr=subprocess.STDOUT, env=env, start_new_session=True)]
+    started = []
+    try:
+        for i in range(workers):
+            started.append(subprocess.Popen(
+                [dask, "worker", address, "--nworkers", "1", "--nthreads", "1", "--no-nanny",
+                 "--no-dashboard", "--host", "127.0.0.1", "--name", f"w{i}"],
+                stdout=open(logs / f"worker{i}.log", "w"), stderr=subprocess.STDOUT, env=env,
+                start_new_session=True))
+        procs += started
+        with Client(address, timeout="60s") as client:
+            client.wait_for_workers(workers, timeout=90)
+        yield address, started
+    finally:
+        for proc in reversed(procs):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
 
 
 def deliver_prefect_backlog(timeout: float = 60.0) -> None:

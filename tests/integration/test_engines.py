@@ -11,9 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -26,6 +23,7 @@ from pipelines import tables
 from pipelines.cli import main
 from pipelines.testing.stores import synthetic_store
 from pipelines.store import ActivationStore
+from tests import servers
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -37,7 +35,6 @@ TOLERANCE = 1e-6
 #: Engine against engine: the same core on the same units; only the order of floating-point
 #: merges differs (Dask's tree reduction), measured <= 4e-15.
 ENGINE_TOLERANCE = 1e-13
-VENV_BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
@@ -185,42 +182,11 @@ def test_dask_local_cluster_matches_local(store, local, tmp_path, calibration):
     assert tables.read_run(out)["engine_info"]["workers"] == 2
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def dask_cluster(tmp_path_factory):
     """A real scheduler and two worker processes (one thread each) on 127.0.0.1."""
-    from distributed import Client
-
-    logs = tmp_path_factory.mktemp("dask-logs")
-    port = free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
-    dask = str(VENV_BIN / "dask")
-    procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port),
-                               "--no-dashboard"], stdout=open(logs / "scheduler.log", "w"),
-                              stderr=subprocess.STDOUT, env=env, start_new_session=True)]
-    workers = []
-    try:
-        for i in range(2):
-            workers.append(subprocess.Popen(
-                [dask, "worker", address, "--nworkers", "1", "--nthreads", "1", "--no-nanny",
-                 "--no-dashboard", "--host", "127.0.0.1", "--name", f"w{i}"],
-                stdout=open(logs / f"worker{i}.log", "w"), stderr=subprocess.STDOUT, env=env,
-                start_new_session=True))
-        procs += workers
-        with Client(address, timeout="60s") as client:
-            client.wait_for_workers(2, timeout=90)
+    with servers.dask_cluster(tmp_path_factory.mktemp("dask-logs")) as (address, workers):
         yield {"address": address, "workers": workers}
-    finally:
-        for proc in reversed(procs):
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(timeout=30)
 
 
 def test_dask_real_cluster_matches_local(store, local, tmp_path, dask_cluster):

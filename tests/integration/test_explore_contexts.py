@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,9 +21,9 @@ from pipelines.testing.stores import synthetic_store
 from pipelines.explore.inputs import select_neurons
 from pipelines.records import TraceRecord
 from pipelines.store import ActivationStore
+from tests import servers
 
 pytestmark = pytest.mark.timeout(600)
-VENV_BIN = Path(sys.executable).parent
 COLUMNS = ("model_id", "key", "layer", "unit", "rank", "trace_id", "row", "mass",
            "token_start", "token_stop")
 
@@ -190,40 +189,11 @@ def test_any_split_into_units_gives_the_same_table(scored, tmp_path):
 
 
 # --------------------------------------------------------------------------- engines
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def dask_cluster(tmp_path_factory):
     """A real scheduler and two worker processes (one thread each) on 127.0.0.1."""
-    from distributed import Client
-
-    logs = tmp_path_factory.mktemp("dask-logs")
-    port = free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
-    dask = str(VENV_BIN / "dask")
-    procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port),
-                               "--no-dashboard"], stdout=open(logs / "scheduler.log", "w"),
-                              stderr=subprocess.STDOUT, env=env, start_new_session=True)]
-    try:
-        for i in range(2):
-            procs.append(subprocess.Popen(
-                [dask, "worker", address, "--nworkers", "1", "--nthreads", "1", "--no-nanny",
-                 "--no-dashboard", "--host", "127.0.0.1", "--name", f"w{i}"],
-                stdout=open(logs / f"worker{i}.log", "w"), stderr=subprocess.STDOUT, env=env,
-                start_new_session=True))
-        with Client(address, timeout="60s") as client:
-            client.wait_for_workers(2, timeout=90)
+    with servers.dask_cluster(tmp_path_factory.mktemp("dask-logs")) as (address, _):
         yield address
-    finally:
-        for proc in reversed(procs):
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(timeout=30)
 
 
 def test_engines_give_the_same_table(scored, tmp_path, dask_cluster):

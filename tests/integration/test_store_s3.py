@@ -26,20 +26,15 @@ from pipelines import tables  # noqa: E402
 from pipelines.cli import main  # noqa: E402
 from pipelines.store import ActivationStore  # noqa: E402
 from pipelines.testing.traces import synthetic_records  # noqa: E402
+from tests import servers  # noqa: E402
+from tests.servers import free_port  # noqa: E402
 
 pytestmark = pytest.mark.timeout(600)
 
 REPO = Path(__file__).resolve().parents[2]
-VENV_BIN = Path(sys.executable).parent
 CAPTURE = {"model_id": "tiny", "top_k": 8}
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "nex-test", "AWS_SECRET_ACCESS_KEY": "nex-test-secret",
                "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -183,30 +178,8 @@ def tiny(tmp_path_factory) -> Path:
 def dask_cluster(tmp_path, s3):
     """A real scheduler and two worker processes (one thread each) on 127.0.0.1; they
     inherit the object-store credentials and endpoint from the environment."""
-    from distributed import Client
-
-    port = free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    dask = str(VENV_BIN / "dask")
-    procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port),
-                               "--no-dashboard"], stdout=open(tmp_path / "scheduler.log", "w"),
-                              stderr=subprocess.STDOUT, env=env, start_new_session=True)]
-    try:
-        for i in range(2):
-            procs.append(subprocess.Popen(
-                [dask, "worker", address, "--nworkers", "1", "--nthreads", "1", "--no-nanny",
-                 "--no-dashboard", "--host", "127.0.0.1", "--name", f"w{i}"],
-                stdout=open(tmp_path / f"worker{i}.log", "w"), stderr=subprocess.STDOUT,
-                env=env, start_new_session=True))
-        with Client(address, timeout="60s") as client:
-            client.wait_for_workers(2, timeout=90)
+    with servers.dask_cluster(tmp_path) as (address, _):
         yield address
-    finally:
-        for proc in reversed(procs):
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
 
 
 def tables_equal(a, b) -> None:
