@@ -12,7 +12,6 @@ Every manifest is written whole or not at all (:meth:`Location.put_atomic`).
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from nex_transforms.errors import expected
 
@@ -40,12 +39,6 @@ def manifest_bytes(table, metadata: dict) -> bytes:
         writer.write_table(table)
         writer.add_key_value_metadata(metadata)
     return sink.getvalue().to_pybytes()
-
-
-def write_manifest(path: Path, table, metadata: dict) -> None:
-    """Write a manifest to a local ``path`` atomically (temp file renamed into place)."""
-    path = Path(path)
-    Location(path.parent).put_atomic(path.name, manifest_bytes(table, metadata))
 
 
 def put_part_manifest(loc: Location, part: str, encoded: EncodedPart, summary: dict) -> None:
@@ -130,4 +123,4 @@ def aggregate_extras(extras: list[dict]) -> dict:
 
 __all__ = ["PARTS_META_KEY", "PART_META_KEY", "aggregate_extras", "concat_manifests",
            "consolidated_summaries", "manifest_bytes", "manifest_rel", "put_consolidated",
-           "put_part_manifest", "read_manifest", "read_part_summary", "write_manifest"]
+           "put_part_manifest", "read_manifest", "read_part_summary"]

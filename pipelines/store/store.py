@@ -24,14 +24,13 @@ from nex_transforms.errors import expected
 
 from ..records import TraceRecord
 from .commit import LEASE_SECONDS, STALE_SECONDS, commit_for
-from .encode import EncodedPart, decode_records, encode_part
+from .encode import decode_records, encode_part
 from .fs import Location, group_node
 from .info import store_info
 from .manifests import (concat_manifests, consolidated_summaries, manifest_rel, put_consolidated,
                         put_part_manifest, read_manifest, read_part_summary)
 from .reader import read_part_arrays, read_selection, read_token_ids
-from .root import (capture_metadata, captures, check_append, model_capture_path,
-                   new_root, normalise, read_root)
+from .root import capture_metadata, captures, check_append, new_root, normalise, read_root
 from .schema import (CONSOLIDATED_MANIFEST, MANIFESTS_DIR, PARTS_DIR, StoreError,
                      check_part_name, check_storage)
 from .writer import write_group
@@ -80,7 +79,7 @@ class ActivationStore:
         commit.check_create()
         loc.create("zarr.json", group_node(attributes))
         store = cls._load(loc, writable=True)
-        store._check_append(given, explicit_storage)
+        check_append(loc, store.metadata, given, explicit_storage, store.path)
         loc.create(f"{PARTS_DIR}/zarr.json", group_node({}))
         commit.prepare_writers()
         return store
@@ -95,15 +94,6 @@ class ActivationStore:
     def _load(cls, loc: Location, writable: bool) -> "ActivationStore":
         commit_for(loc).check_open()
         return cls(loc.url, read_root(loc), writable, loc)
-
-    def _check_append(self, given: dict, explicit_storage: bool) -> None:
-        """Check (and record) the capture parameters of an append; see
-        :func:`pipelines.store.root.check_append`."""
-        check_append(self.loc, self.metadata, given, explicit_storage, self.path)
-
-    def _model_capture_path(self, model_id: str) -> str:
-        """The per-model record, relative to the store root."""
-        return model_capture_path(model_id)
 
     def capture_metadata(self, model_id: str | None = None) -> dict | None:
         """The capture parameters recorded for ``model_id`` (None: those given at the store's
@@ -146,11 +136,7 @@ class ActivationStore:
 
     def _manifest_path(self, part: str):
         """The part's manifest: its local path, or its key on object storage."""
-        return self._commit.manifest_path(self._manifest_rel(part))
-
-    @staticmethod
-    def _manifest_rel(part: str) -> str:
-        return manifest_rel(part)
+        return self._commit.manifest_path(manifest_rel(part))
 
     def part_rel(self, part: str) -> str:
         """The part's group, relative to the store root: ``parts/<part>`` on local disk;
@@ -170,7 +156,7 @@ class ActivationStore:
     def has_part(self, part: str) -> bool:
         """True only for completed parts (their manifest exists)."""
         check_part_name(part)
-        return self.loc.isfile(self._manifest_rel(part))
+        return self.loc.isfile(manifest_rel(part))
 
     def parts(self) -> list[str]:
         """Names of the completed parts, sorted (the manifest order)."""
@@ -203,8 +189,9 @@ class ActivationStore:
         summary = dict(encoded.counts, part=part, extra_metadata=extra)
         self._commit.commit(
             part, summary,
-            write_group=lambda rel, s: self._write_group(rel, part, encoded, s),
-            write_manifest=lambda s: self._write_part_manifest(part, encoded, s),
+            write_group=lambda rel, s: write_group(self.loc, rel, part, encoded, s,
+                                                   self.schema_version, self.storage),
+            write_manifest=lambda s: put_part_manifest(self.loc, part, encoded, s),
             has_part=self.has_part, lease_seconds=lease_seconds)
 
     def remove_part(self, part: str) -> None:
@@ -214,14 +201,7 @@ class ActivationStore:
         self._check_writable()
         rel = self.part_rel(part)
         self._summaries.pop(part, None)
-        self._commit.remove(part, rel, self._manifest_rel(part))
-
-    def _write_group(self, rel: str, part: str, encoded: EncodedPart, summary: dict) -> None:
-        """Write the encoded part as the zarr group at ``rel`` (:mod:`.writer`)."""
-        write_group(self.loc, rel, part, encoded, summary, self.schema_version, self.storage)
-
-    def _write_part_manifest(self, part: str, encoded: EncodedPart, summary: dict) -> None:
-        put_part_manifest(self.loc, part, encoded, summary)
+        self._commit.remove(part, rel, manifest_rel(part))
 
     def finalize(self, stale_after: float = STALE_SECONDS) -> None:
         """Consolidate: one ``manifest.parquet``; idempotent. A store of one part gets
@@ -240,7 +220,7 @@ class ActivationStore:
         if len(parts) <= 1:
             self.loc.remove_file(CONSOLIDATED_MANIFEST)
             return
-        table = self._per_part_manifest(parts)
+        table = concat_manifests(self.loc, parts)
         put_consolidated(self.loc, table, {p: self.part_summary(p) for p in parts})
 
     # ----------------------------------------------------------------- reading
@@ -259,10 +239,6 @@ class ActivationStore:
             self._summaries[part] = summary
         return json.loads(json.dumps(summary))
 
-    def _schema_metadata(self, rel: str) -> dict | None:
-        """Footer key-value metadata of a Parquet file of the store; None when missing."""
-        return self.loc.parquet_metadata(rel)
-
     def part_summaries(self) -> dict:
         """``{part: summary}`` of the completed parts (from the consolidated manifest when
         it is current, else from each part's manifest)."""
@@ -275,26 +251,20 @@ class ActivationStore:
             return covered
         return {p: self.part_summary(p) for p in parts}
 
-    def _per_part_manifest(self, parts: list[str]):
-        return concat_manifests(self.loc, parts)
-
     def consolidated_manifest(self):
         """The manifest written by :meth:`finalize`, or None (absent or stale)."""
         covered = consolidated_summaries(self.loc)
         if covered is None or sorted(covered) != self.parts():
             return None
-        return self._read_manifest(CONSOLIDATED_MANIFEST)
-
-    def _read_manifest(self, rel: str):
-        return read_manifest(self.loc, rel)
+        return read_manifest(self.loc, CONSOLIDATED_MANIFEST)
 
     def manifest(self, parts: list[str] | None = None):
         """The manifest (a pyarrow Table): one row per trace of the completed parts,
         parts in name order, traces in write order."""
         if parts is None:
             table = self.consolidated_manifest()
-            return table if table is not None else self._per_part_manifest(self.parts())
-        return self._per_part_manifest([self._check_known(p) for p in parts])
+            return table if table is not None else concat_manifests(self.loc, self.parts())
+        return concat_manifests(self.loc, [self._check_known(p) for p in parts])
 
     def _check_known(self, part: str) -> str:
         if not self.has_part(part):

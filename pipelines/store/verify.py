@@ -11,6 +11,7 @@ from nex_transforms.segments import segment_ids
 
 from .encode import checksum
 from .layout import derive_part_aggregates, physical_dtype, physical_lengths, sections, unpack
+from .manifests import concat_manifests
 from .schema import (PART_ARRAYS, READABLE_SCHEMAS, STATUS_COMPLETE, TOKEN_STATS, StoreError,
                      check_storage)
 from .store import ActivationStore
@@ -368,7 +369,7 @@ def _check_consolidated(store: ActivationStore, report: VerifyReport) -> None:
     table = store.consolidated_manifest()
     if table is None:
         return
-    per_part = store._per_part_manifest(store.parts())
+    per_part = concat_manifests(store.loc, store.parts())
     if not table.equals(per_part):
         report.problems.append("manifest.parquet: expected the concatenated per-part manifests "
                                "(rerun finalize), got different rows")
