@@ -9,8 +9,7 @@ here, so callers reach every page-building name through this module.
 from __future__ import annotations
 
 from .charts import histogram, phase_chart, phase_legend
-from .markup import (STYLE, TABLE_SCRIPT, Links, esc, facts, fragment, is_number, link,
-                     neuron_name, notes, num, page)
+from .markup import Links, esc, facts, is_number, link, neuron_name, notes, num
 
 
 def _grade_text(grade: dict | None) -> str:
