@@ -7,7 +7,6 @@ import importlib
 import sys
 
 from nex_transforms import NexError
-from nex_transforms.errors import CommandError  # noqa: F401  (raised by the command modules)
 
 #: Subcommand groups, in help order. Each module has ``register(subparsers)``.
 COMMAND_MODULES = [
