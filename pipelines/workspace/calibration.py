@@ -33,11 +33,6 @@ from .errors import WorkspaceError
 
 #: The shipped calibration sets (package data, installed with the wheel).
 CALIBRATION_SET_DIR = Path(str(resources.files(__package__).joinpath("calibration_sets")))
-#: The capture parameters a calibration set may pin (CaptureConfig's fields that do not
-#: name one run).
-CAPTURE_KEYS = SET_FIELDS
-#: Capture parameters a run (a deployment, or ``--device`` / ``--dtype``) may set.
-RUN_CAPTURE_KEYS = RUN_PARAMS
 SET_KEYS = ("name", "description", "engine", "calibration", "capture_deadline_seconds",
             "score_deadline_seconds")
 #: Deadline terms (seconds) when a set gives none: a stage may take STARTUP_SECONDS to
@@ -108,7 +103,7 @@ class CalibrationSet:
 
     def completed_params(self) -> dict:
         """Every capture parameter a set may pin: the set's value, else the capture default."""
-        defaults = {key: CAPTURE_DEFAULTS[key] for key in CAPTURE_KEYS if key in CAPTURE_DEFAULTS}
+        defaults = {key: CAPTURE_DEFAULTS[key] for key in SET_FIELDS if key in CAPTURE_DEFAULTS}
         return {**defaults, **self.capture_params()}
 
     def param(self, key: str):
@@ -147,8 +142,8 @@ class CalibrationSet:
         for key, value in (run or {}).items():
             if value is None:
                 continue
-            if key not in RUN_CAPTURE_KEYS:
-                raise WorkspaceError(expected("run capture parameter", f"one of {RUN_CAPTURE_KEYS}",
+            if key not in RUN_PARAMS:
+                raise WorkspaceError(expected("run capture parameter", f"one of {RUN_PARAMS}",
                                               repr(key)))
             if key in params and params[key] != value:
                 raise WorkspaceError(expected(
@@ -214,14 +209,13 @@ def load_calibration_set(source: str | os.PathLike | dict | CalibrationSet) -> C
         data.setdefault("name", path.stem)
     if "name" not in data:
         raise WorkspaceError(expected("calibration set", "a 'name' key", "none"))
-    unknown = sorted(set(data) - set(SET_KEYS) - set(CAPTURE_KEYS))
+    unknown = sorted(set(data) - set(SET_KEYS) - set(SET_FIELDS))
     if unknown:
         raise WorkspaceError(expected("calibration set keys",
-                                      f"some of {sorted(SET_KEYS + CAPTURE_KEYS)}",
+                                      f"some of {sorted(SET_KEYS + SET_FIELDS)}",
                                       f"unknown {unknown}"))
-    capture = tuple(sorted((k, v) for k, v in data.items() if k in CAPTURE_KEYS))
+    capture = tuple(sorted((k, v) for k, v in data.items() if k in SET_FIELDS))
     return CalibrationSet(capture=capture, **{k: v for k, v in data.items() if k in SET_KEYS})
 
 
-__all__ = ["CALIBRATION_SET_DIR", "CAPTURE_KEYS", "CalibrationSet", "RUN_CAPTURE_KEYS",
-           "load_calibration_set", "shipped_calibration_sets"]
+__all__ = ["CALIBRATION_SET_DIR", "CalibrationSet", "load_calibration_set", "shipped_calibration_sets"]
