@@ -56,7 +56,7 @@ def main() -> None:
 
     from pipelines.capture import CaptureConfig, run_capture
     from pipelines.capture.engine import sample_batch, sequence_seed
-    from pipelines.capture.tokens import Tokenized, stop_token_ids
+    from pipelines.capture.tokens import Tokenized, pad_token_id, stop_token_ids
     from pipelines.capture.models import load_model, mlp_sites, resolve_model
     from pipelines.capture.prompts import load_prompts
 
@@ -68,7 +68,7 @@ def main() -> None:
     tokenized = Tokenized(tokenizer, "auto")
     prompt_ids = [tokenized.prompt(p) for p in prompts]
     stops = stop_token_ids(model, tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    pad_id = pad_token_id(model, tokenizer)
     print(f"model {spec.model_id} ({spec.revision}) loaded in {load_s:.1f}s; device {args.device}, "
           f"dtype {args.dtype}, torch threads {torch.get_num_threads()}")
     print(f"{len(prompts)} gsm8k prompts ({[len(p) for p in prompt_ids]} prompt tokens), batch "

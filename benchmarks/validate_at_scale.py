@@ -212,7 +212,7 @@ def plain_generate(model, tokenizer, prompt_rows: list[dict], args) -> dict | No
     import torch
 
     from pipelines.capture.engine import left_pad
-    from pipelines.capture.tokens import Tokenized, stop_token_ids
+    from pipelines.capture.tokens import Tokenized, pad_token_id, stop_token_ids
     from pipelines.capture.prompts import PromptItem
 
     if args.generate_sequences == 0:
@@ -225,7 +225,7 @@ def plain_generate(model, tokenizer, prompt_rows: list[dict], args) -> dict | No
     chosen = [prompt_rows[i]["id"] for i in spread]
     sequences = [prompts[i] for i in spread for _ in range(args.samples)][:args.generate_sequences]
     stops = stop_token_ids(model, tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    pad_id = pad_token_id(model, tokenizer)
     device = next(model.parameters()).device
     with torch.no_grad():  # warm-up: first calls allocate and pick kernels
         ids, mask = left_pad(sequences[:1], pad_id, device)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Callable
 
 from ..records import TraceRecord
 from ..store import ActivationStore
-from .config import CaptureConfig, parse_shard
+from .config import CaptureConfig
 from .plan import (INPUTS_KEY, CapturePlan, Job, Part, check_resume, existing_trace_ids,
                    job_inputs, load_inputs, plan_capture)
 from .tokens import JobTokens, Tokenized, pad_token_id, stop_token_ids, tokenize_parts
@@ -254,7 +254,6 @@ def run_capture(config: CaptureConfig,
 
     log = log or stderr_log
     started = time.perf_counter()
-    parse_shard(config.shard)
     if config.mode == "sample" and config.temperature == 0 and config.samples > 1:
         log("nex: note: --temperature 0 is greedy: every sample of a prompt is the same")
     inputs = load_inputs(config)
